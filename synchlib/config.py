@@ -168,6 +168,16 @@ class Config:
     def replace(self, **sections: Any) -> "Config":
         return dataclasses.replace(self, **sections)
 
+    def with_segments(self, n_segments: int) -> "Config":
+        """The same model for a window of ``n_segments`` segments (positional table cut to fit)."""
+        vt, at = self.visual.t_tokens, self.audio.t_tokens
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}@{n_segments}seg",
+            data=dataclasses.replace(self.data, n_segments=n_segments),
+            sync=dataclasses.replace(self.sync, pos_len=2 + n_segments * (vt + at)),
+        )
+
 
 # --------------------------------------------------------------------------------------------------------------
 # YAML reading
