@@ -1,0 +1,188 @@
+"""One-window prediction: ``predict(model, video, offset_sec, start_sec)`` -> :class:`Prediction`."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UnreliableInputWarning
+from .io import AudioPriming, Decoded
+from .model import Synchformer
+from .preprocess import Clip, load_clip
+
+SILENT_RMS = 1e-4  # audio crops quieter than this (full scale 1.0) carry no usable sound
+STILL_PIXEL_DELTA = 0.5  # mean absolute frame-to-frame change (0..255) below which the picture is still
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """Context for ``precision`` ("fp32": none; "bf16"/"fp16": torch.autocast on ``device``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one window.
+
+    ``grid`` and ``probs`` are (classes,) arrays; ``topk`` lists (offset_sec, class_index, probability), best
+    first. For a synchronisability model the two classes are "not synchronisable" / "synchronisable" and
+    ``offset_sec`` is None.
+    """
+
+    grid: np.ndarray
+    probs: np.ndarray
+    logits: np.ndarray
+    topk: list[tuple[float, int, float]]
+    offset_sec: float | None
+    class_index: int
+    target_class: int | None
+    injected_offset_sec: float
+    start_sec: float
+    kind: str = "offset"
+    video: str = ""
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def p(self) -> float:
+        """Probability of the top-1 class."""
+        return float(self.probs[self.class_index])
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.target_class is None else self.class_index == self.target_class
+
+    @property
+    def within_one(self) -> bool | None:
+        """Top-1 within one grid class of the target."""
+        return None if self.target_class is None else abs(self.class_index - self.target_class) <= 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (lists instead of arrays)."""
+        d = asdict(self)
+        for key in ("grid", "probs", "logits"):
+            d[key] = [float(x) for x in d[key]]
+        d["topk"] = [{"offset_sec": float(o), "class_index": int(c), "p": float(p)} for o, c, p in self.topk]
+        d["p"] = self.p
+        d["correct"], d["within_one"] = self.correct, self.within_one
+        return d
+
+    def __str__(self) -> str:
+        lines = [f"{self.video or 'clip'} (start {self.start_sec:g} s, injected offset {self.injected_offset_sec:+.2f} s)"]
+        for off, cls, p in self.topk:
+            mark = " <- target" if cls == self.target_class else ""
+            label = f"{off:+.2f} s" if self.kind == "offset" else ("synchronisable" if cls == 1 else "not synchronisable")
+            lines.append(f"  p={p:.4f}  {label} (class {cls}){mark}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def input_warnings(clip: Clip) -> list[str]:
+    """Reasons the answer for ``clip`` may be unreliable (silent audio, still picture)."""
+    out = []
+    if float(np.sqrt(np.mean(np.square(clip.wave, dtype=np.float64)))) < SILENT_RMS:
+        out.append("the audio in this window is silent: there is nothing to synchronise with")
+    frames = clip.frames.astype(np.int16)
+    if len(frames) > 1 and float(np.abs(np.diff(frames, axis=0)).mean()) < STILL_PIXEL_DELTA:
+        out.append("the picture in this window does not move: there are no visual events to synchronise with")
+    return out
+
+
+def logits_to_prediction(logits: torch.Tensor, clip: Clip, kind: str, k: int = 5, video: str = "") -> Prediction:
+    """logits (classes,) -> :class:`Prediction` with softmax probabilities and top-k."""
+    logits = logits.detach().float().cpu()
+    probs = torch.softmax(logits, dim=-1).numpy()
+    grid = clip.grid if kind == "offset" else np.arange(len(probs), dtype=np.float32)
+    order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(probs)))]
+    top = int(order[0])
+    return Prediction(
+        grid=grid,
+        probs=probs,
+        logits=logits.numpy(),
+        topk=[(float(grid[i]), int(i), float(probs[i])) for i in order],
+        offset_sec=float(grid[top]) if kind == "offset" else None,
+        class_index=top,
+        target_class=clip.target_class if kind == "offset" else None,
+        injected_offset_sec=clip.offset_sec,
+        start_sec=clip.start_sec,
+        kind=kind,
+        video=video,
+    )
+
+
+def clip_meta(clip: Clip) -> dict[str, Any]:
+    """Metadata of the decoded file behind a clip, for reports."""
+    d = clip.decoded
+    if d is None:
+        return {}
+    s = d.source
+    return {
+        "source": {
+            "path": str(s.path),
+            "fps": s.fps,
+            "width": s.width,
+            "height": s.height,
+            "sample_rate": s.sample_rate,
+            "channels": s.channels,
+            "duration_sec": s.duration_sec,
+            "video_codec": s.video_codec,
+            "audio_codec": s.audio_codec,
+        },
+        "fps": d.fps,
+        "sample_rate": d.sample_rate,
+        "duration_sec": d.duration_sec,
+        "video_start_sec": d.video_start_sec,
+        "audio_start_sec": d.audio_start_sec,
+        "normalised": str(d.decoded_path) != str(s.path),
+        **d.meta,
+    }
+
+
+@torch.inference_mode()
+def predict(
+    model: Synchformer,
+    video: str | Path | Decoded | Clip,
+    offset_sec: float = 0.0,
+    start_sec: float = 0.0,
+    *,
+    k: int = 5,
+    audio_priming: AudioPriming = "drop",
+    precision: str = "fp32",
+) -> Prediction:
+    """Predict the audio-visual offset of one window of ``video``.
+
+    ``offset_sec`` shifts the audio on purpose (positive: audio early), ``start_sec`` picks the window. With
+    ``offset_sec=0`` the answer is the offset of the file as it is.
+    """
+    clip = video if isinstance(video, Clip) else load_clip(video, offset_sec, start_sec, model.cfg, audio_priming=audio_priming)
+    device = model.device
+    with autocast(device, precision):
+        logits = model(clip.vid[None].to(device), clip.aud[None].to(device))[0]
+    name = str(video) if isinstance(video, (str, Path)) else str(getattr(clip.decoded, "source", None) and clip.decoded.source.path or "")
+    pred = logits_to_prediction(logits, clip, model.cfg.sync.head, k=k, video=name)
+    pred.warnings = input_warnings(clip)
+    for w in pred.warnings:
+        warnings.warn(w, UnreliableInputWarning, stacklevel=2)
+    pred.meta = {**clip_meta(clip), "device": str(device), "precision": precision, "model": model.cfg.name}
+    return pred

@@ -1,0 +1,303 @@
+"""The reference test-time pipeline, step by step, as pure functions.
+
+Order (each step is one function below): equalise the stream lengths from the right (:func:`equalify`),
+centre-crop the frames (:func:`center_crop_box`), cut a ``crop_len_sec`` window with the audio shifted by the
+offset (:func:`temporal_crop`), split it into overlapping segments (:func:`segment_layout`), turn frames into the
+model's input through the fp16 normalisation table (:func:`rgb_lut`), and the audio into normalised log-mel
+spectrograms (:func:`log_mel`). :func:`load_clip` runs all of them on a file.
+
+Sign convention: a positive offset means the audio crop starts later in the source than the video crop, i.e.
+the audio is *ahead* of (early relative to) the picture.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import Config, DataConfig, load_config
+from .errors import ClipTooShortError, OffsetOutsideGridWarning
+from .io import AudioPriming, Decoded, read_video
+
+MEL_EPS = 1e-6  # added before the log
+SPEC_PAD_VALUE = 0.0  # PadOrTruncate pads the log-mel with this (before the AST normalisation)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometry of the window
+
+
+def equalify(n_frames: int, n_samples: int, data: DataConfig) -> tuple[int, int]:
+    """Cut both streams from the right to a common length of at most ``clip_max_len_sec``.
+
+    Returns (video frames, audio samples) to keep.
+    """
+    min_len = min(data.clip_max_len_sec, n_samples / data.afps, n_frames / data.vfps)
+    v = int(data.vfps * min_len)
+    return v, int((data.afps // data.vfps) * v)
+
+
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centred ``size`` x ``size`` crop, with Python's round (halves to even)."""
+    if height < size or width < size:
+        raise ClipTooShortError(f"frames of {width}x{height} are smaller than the {size}x{size} model input")
+    return round((height - size) / 2), round((width - size) / 2)
+
+
+def offset_class(offset_sec: float, data: DataConfig) -> int | None:
+    """Index of the grid offset nearest to ``offset_sec``; None (with a warning) outside the grid."""
+    grid = data.grid
+    half_step = (grid[1] - grid[0]) / 2 if len(grid) > 1 else 0.0
+    if offset_sec < grid[0] - half_step - 1e-9 or offset_sec > grid[-1] + half_step + 1e-9:
+        warnings.warn(
+            f"offset {offset_sec:+.2f} s lies outside the model's offset grid "
+            f"[{grid[0]:+.1f}, {grid[-1]:+.1f}] s: there is no target class and the prediction cannot be right",
+            OffsetOutsideGridWarning,
+            stacklevel=3,
+        )
+        return None
+    return int(np.abs(grid - np.float32(offset_sec)).argmin())
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one model window lies in the decoded streams (indices into frames / mono samples)."""
+
+    v_start: int  # first frame of the crop
+    a_start: int  # first sample of the crop
+    v_len: int  # crop length in frames
+    a_len: int  # crop length in samples
+    offset_sec: float  # the applied offset, rounded as the reference does
+    start_sec: float
+
+
+def min_duration_sec(offset_sec: float, start_sec: float, data: DataConfig) -> float:
+    """Shortest clip that holds a window at ``start_sec`` with the audio shifted by ``offset_sec``."""
+    return max(start_sec, start_sec + offset_sec) + data.crop_len_sec
+
+
+def temporal_crop(
+    n_frames: int, n_samples: int, offset_sec: float, start_sec: float, data: DataConfig
+) -> Window:
+    """The video window ``[v_start, v_start + crop_len)`` and the audio window shifted by ``offset_sec``.
+
+    As the reference: ``offset = round(offset_sec, 2)``, ``v_start = int(start_sec * vfps)`` and
+    ``a_start = int((start_sec + offset) * afps)`` (sum in double precision, truncated toward zero). A negative
+    ``a_start`` of at most one video frame is clamped to 0.
+    """
+    if start_sec < 0:
+        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+    offset = round(float(offset_sec), 2)
+    v_len = int(data.crop_len_sec * data.vfps)
+    a_len = int(data.crop_len_sec * data.afps)
+    v_start = int(start_sec * data.vfps)
+    a_start = int((start_sec + offset) * data.afps)
+    if a_start < 0:
+        if a_start < -(data.afps // data.vfps):
+            raise ClipTooShortError(
+                f"with offset {offset:+.2f} s the audio would start {-(start_sec + offset):.2f} s before the "
+                f"file does; use start_sec >= {-offset:.2f}"
+            )
+        a_start = 0
+    have = min(n_frames / data.vfps, n_samples / data.afps)
+    if v_start + v_len > n_frames or a_start + a_len > n_samples:
+        need = min_duration_sec(offset, start_sec, data)
+        raise ClipTooShortError(
+            f"the clip has {have:.2f} s of usable audio and video, but a {data.crop_len_sec:g} s window at "
+            f"start {start_sec:g} s with offset {offset:+.2f} s needs {need:.2f} s"
+            f"{f' (clips are cut to {data.clip_max_len_sec:g} s)' if need > data.clip_max_len_sec else ''}; "
+            "use an earlier start, a smaller offset, or a longer clip"
+        )
+    return Window(v_start, a_start, v_len, a_len, offset, float(start_sec))
+
+
+def segment_layout(data: DataConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Segment starts inside the crop, centred: (video starts (S,), audio starts (S,), v0, a0).
+
+    The S segments of ``segment_size_vframes`` frames with stride ``step_vframes`` span ``window_vframes``
+    frames; the first starts ``v0 = (crop_frames - window_vframes) // 2`` frames into the crop and its audio
+    ``a0 = int(v0 / vfps * afps)`` samples in.
+    """
+    crop_frames = int(data.crop_len_sec * data.vfps)
+    v0 = (crop_frames - data.window_vframes) // 2
+    a0 = int(v0 / data.vfps * data.afps)
+    s = np.arange(data.n_segments)
+    return v0 + s * data.step_vframes, a0 + s * data.step_asamples, v0, a0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values
+
+
+@lru_cache(maxsize=8)
+def rgb_lut(mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Tensor:
+    """(3, 256) float32: the model input value of each uint8 level per channel.
+
+    The reference converts frames to fp16, divides by 255 and normalises in fp16; a table reproduces that
+    exactly and costs one gather per pixel.
+    """
+    u = torch.arange(256, dtype=torch.float16)[None] / 255  # (1, 256) fp16
+    m = torch.tensor(mean, dtype=torch.float16)[:, None]
+    s = torch.tensor(std, dtype=torch.float16)[:, None]
+    return ((u - m) / s).float()
+
+
+def frames_to_input(frames: np.ndarray | Tensor, data: DataConfig) -> Tensor:
+    """uint8 frames (..., H, W, 3) -> float32 (..., 3, H, W) through :func:`rgb_lut`."""
+    x = torch.as_tensor(frames).long()
+    lut = rgb_lut(tuple(data.rgb_mean), tuple(data.rgb_std))
+    out = torch.stack([lut[c][x[..., c]] for c in range(3)], dim=-3)
+    return out
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> Tensor:
+    """(n_freqs, n_mels) triangular filters on the HTK mel scale, unnormalised (``norm=None``).
+
+    mel(f) = 2595 log10(1 + f / 700); n_mels + 2 points evenly spaced in mel between f_min and f_max are the
+    filter edges and centres; each filter rises linearly from its left edge to its centre and falls to its
+    right edge, evaluated at the STFT bin frequencies ``linspace(0, sample_rate // 2, n_freqs)``.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    bins = torch.linspace(0, sample_rate // 2, n_freqs)
+    mel_lo = 2595.0 * math.log10(1.0 + f_min / 700.0)
+    mel_hi = 2595.0 * math.log10(1.0 + f_max / 700.0)
+    edges = 700.0 * (10.0 ** (torch.linspace(mel_lo, mel_hi, n_mels + 2) / 2595.0) - 1.0)  # (n_mels + 2,)
+    widths = edges[1:] - edges[:-1]  # (n_mels + 1,)
+    dist = edges[None, :] - bins[:, None]  # (n_freqs, n_mels + 2): edge minus bin frequency
+    rising = -dist[:, :-2] / widths[:-1]
+    falling = dist[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+def log_mel(waves: Tensor, data: DataConfig, max_spec_t: int) -> Tensor:
+    """waves (S, L) float32 at ``data.afps`` -> normalised log-mel (S, 1, n_mels, max_spec_t).
+
+    Power spectrogram (periodic Hann window of ``win_length`` centred in ``n_fft``, reflect padding), HTK mel
+    filters, natural log of (mel + 1e-6), right pad (or cut) the time axis to ``max_spec_t`` with 0.0, then
+    AST normalisation ``(x - mean) / (2 * std)``.
+    """
+    window = torch.hann_window(data.win_length, periodic=True, dtype=waves.dtype, device=waves.device)
+    spec = torch.stft(
+        waves,
+        n_fft=data.n_fft,
+        hop_length=data.hop_length,
+        win_length=data.win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+    power = spec.abs().pow(2.0)  # (S, n_freqs, frames)
+    fb = mel_filterbank(data.n_fft // 2 + 1, data.n_mels, data.afps).to(waves.device, waves.dtype)
+    mel = torch.matmul(power.transpose(-1, -2), fb).transpose(-1, -2)  # (S, n_mels, frames)
+    x = torch.log(mel + MEL_EPS)
+    t = x.shape[-1]
+    if t < max_spec_t:
+        x = torch.nn.functional.pad(x, (0, max_spec_t - t), value=SPEC_PAD_VALUE)
+    else:
+        x = x[..., :max_spec_t]
+    x = (x - data.ast_mean) / (2 * data.ast_std)
+    return x.unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One clip
+
+
+@dataclass
+class Clip:
+    """A model window cut from a video, ready for the model, with what is needed to show it.
+
+    vid: (S, T, 3, H, W) float32; aud: (S, 1, F, Tspec) float32; frames: (window_vframes, H, W, 3) uint8, the
+    unique cropped frames the segments use; wave: (crop samples,) float32, the shifted audio crop.
+    """
+
+    vid: Tensor
+    aud: Tensor
+    frames: np.ndarray
+    wave: np.ndarray
+    target_class: int | None
+    offset_sec: float
+    start_sec: float
+    window: Window
+    frame_indices: np.ndarray  # (window_vframes,) index of each used frame in the decoded video
+    audio_start_sample: int  # where ``wave`` starts in the decoded mono track
+    audio_seg_starts: np.ndarray  # (S,) segment starts inside ``wave``
+    grid: np.ndarray
+    decoded: Decoded | None = field(default=None, repr=False)
+
+
+def video_window(decoded: Decoded, start_sec: float, cfg: Config, n_frames: int | None = None) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """Frames for a window at ``start_sec``: (frame indices (Tw,), cropped uint8 (Tw, h, w, 3), vid (S, T, 3, h, w))."""
+    data = cfg.data
+    n_frames = len(decoded.frames) if n_frames is None else n_frames
+    v_start = int(start_sec * data.vfps)
+    vstarts, _, v0, _ = segment_layout(data)
+    idx = v_start + v0 + np.arange(data.window_vframes)
+    H, W = decoded.frames.shape[1:3]
+    top, left = center_crop_box(H, W, data.input_size)
+    frames = decoded.frames[idx, top : top + data.input_size, left : left + data.input_size]
+    x = frames_to_input(np.ascontiguousarray(frames), data)  # (Tw, 3, h, w)
+    rel = vstarts - v0
+    vid = torch.stack([x[r : r + data.segment_size_vframes] for r in rel])
+    return idx, frames, vid
+
+
+def audio_window(decoded: Decoded, window: Window, cfg: Config) -> tuple[np.ndarray, Tensor, np.ndarray]:
+    """The shifted audio crop and its spectrograms: (wave (a_len,), aud (S, 1, F, T), segment starts (S,))."""
+    data = cfg.data
+    wave = decoded.audio[window.a_start : window.a_start + window.a_len]
+    _, astarts, _, _ = segment_layout(data)
+    w = torch.from_numpy(np.ascontiguousarray(wave))
+    segs = torch.stack([w[s : s + data.segment_size_asamples] for s in astarts])
+    return wave, log_mel(segs, data, cfg.audio.max_spec_t), astarts
+
+
+def clip_from_decoded(decoded: Decoded, cfg: Config, offset_sec: float = 0.0, start_sec: float = 0.0) -> Clip:
+    """Cut and prepare one window from already decoded streams (see :func:`load_clip`)."""
+    data = cfg.data
+    n_frames, n_samples = equalify(len(decoded.frames), len(decoded.audio), data)
+    window = temporal_crop(n_frames, n_samples, offset_sec, start_sec, data)
+    target = offset_class(window.offset_sec, data)
+    idx, frames, vid = video_window(decoded, start_sec, cfg, n_frames)
+    wave, aud, astarts = audio_window(decoded, window, cfg)
+    return Clip(
+        vid=vid,
+        aud=aud,
+        frames=frames,
+        wave=wave,
+        target_class=target,
+        offset_sec=window.offset_sec,
+        start_sec=float(start_sec),
+        window=window,
+        frame_indices=idx,
+        audio_start_sample=window.a_start,
+        audio_seg_starts=astarts,
+        grid=data.grid,
+        decoded=decoded,
+    )
+
+
+def load_clip(
+    path: str | Path | Decoded,
+    offset_sec: float = 0.0,
+    start_sec: float = 0.0,
+    cfg: Config | str | None = None,
+    *,
+    audio_priming: AudioPriming = "drop",
+) -> Clip:
+    """Decode ``path`` (normalising it if needed) and prepare the window at ``start_sec`` with the audio shifted
+    by ``offset_sec`` seconds (positive: audio early). ``cfg`` defaults to the released AudioSet model's."""
+    cfg = load_config(cfg if cfg is not None else "24-01-04T16-39-21")
+    decoded = path if isinstance(path, Decoded) else read_video(path, cfg, audio_priming=audio_priming)
+    return clip_from_decoded(decoded, cfg, offset_sec, start_sec)
