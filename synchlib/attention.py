@@ -1,0 +1,107 @@
+"""Where the model looks and listens: capture attention probabilities and turn them into readable maps.
+
+:func:`capture_attention` switches the model's attention modules to an explicit-softmax path that records the
+probabilities (the default path uses fused attention and records nothing). :func:`explain` runs one window and
+returns an :class:`Explanation` with
+
+- the OFF token's attention over the visual and audio tokens of the synchronisation transformer (a timeline),
+- per-frame-pair spatial attention of the visual aggregation (which image regions feed each visual token),
+- per-time-column frequency attention of the audio aggregation (which mel bands feed each audio token).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .config import Config
+from .model import Synchformer
+from .predict import Prediction, clip_prediction
+from .preprocess import Clip, segment_layout
+
+
+@dataclass
+class AttentionRecord:
+    """Probabilities captured during one forward pass, by part of the model (CPU float32 tensors)."""
+
+    sync: list[torch.Tensor] = field(default_factory=list)  # per block: (B, H, L, L)
+    spatial: list[torch.Tensor] = field(default_factory=list)  # (B*S*t, H, 1, 1 + h*w) per call
+    freq: list[torch.Tensor] = field(default_factory=list)  # (B*S*t, H, 1, 1 + f) per call
+
+
+@contextmanager
+def capture_attention(model: Synchformer) -> Iterator[AttentionRecord]:
+    """Record attention probabilities of the sync transformer and of both aggregation layers while inside."""
+    rec = AttentionRecord()
+    targets = [(b.attn, rec.sync) for b in model.transformer.blocks]
+    targets += [(model.vfeat_extractor.spatial_attn_agg, rec.spatial), (model.afeat_extractor.freq_attn_agg, rec.freq)]
+    try:
+        for module, store in targets:
+            module.store = store
+        yield rec
+    finally:
+        for module, _ in targets:
+            module.store = None
+
+
+def token_times(cfg: Config, start_sec: float, offset_sec: float) -> tuple[np.ndarray, np.ndarray]:
+    """Centre time, in seconds of the *source video*, of each visual token (S*tv,) and of each audio token
+    (S*ta,). Audio tokens are placed where their sound was taken from, i.e. shifted by the injected offset."""
+    d, v, a = cfg.data, cfg.visual, cfg.audio
+    vstarts, astarts, _, _ = segment_layout(d)
+    v_start = int(start_sec * d.vfps)
+    vt = (v_start + vstarts[:, None] + np.arange(v.t_tokens)[None] * v.tubelet + v.tubelet / 2) / d.vfps
+    spec_hop = d.hop_length / d.afps
+    at_in_seg = (np.arange(a.t_tokens) * a.tstride + a.patch_size / 2) * spec_hop
+    a_start = start_sec + round(offset_sec, 2)
+    at = a_start + astarts[:, None] / d.afps + at_in_seg[None]
+    return vt.reshape(-1).astype(np.float32), at.reshape(-1).astype(np.float32)
+
+
+@dataclass
+class Explanation:
+    """Attention maps for one window.
+
+    off_visual (S, tv) and off_audio (S, ta): OFF-token attention on each visual / audio token, averaged over
+    heads and blocks (rows sum with off_self and off_mod to 1). spatial (S, tv, h, w): visual aggregation CLS
+    attention over patches, averaged over heads. freq (S, ta, f): audio aggregation CLS attention over
+    frequency patches (low to high), averaged over heads. Token centre times in seconds of the source video:
+    visual_times (S*tv,), audio_times (S*ta,) (audio tokens sit where their sound came from).
+    """
+
+    prediction: Prediction
+    off_visual: np.ndarray
+    off_audio: np.ndarray
+    spatial: np.ndarray
+    freq: np.ndarray
+    visual_times: np.ndarray
+    audio_times: np.ndarray
+    clip: Clip = field(repr=False)
+
+    @property
+    def segment_importance(self) -> np.ndarray:
+        """(S,) share of the OFF token's attention on each segment, visual and audio tokens together."""
+        s = self.off_visual.sum(1) + self.off_audio.sum(1)
+        return s / s.sum()
+
+
+@torch.inference_mode()
+def explain(model: Synchformer, clip: Clip, k: int = 5) -> Explanation:
+    """Run ``clip`` through ``model`` with attention capture; return the prediction and the maps."""
+    cfg = model.cfg
+    S, tv, ta = cfg.data.n_segments, cfg.visual.t_tokens, cfg.audio.t_tokens
+    with capture_attention(model) as rec:
+        logits = model(clip.vid[None].to(model.device), clip.aud[None].to(model.device))[0]
+    pred = clip_prediction(logits, clip, cfg.sync.head, k=k)
+    off = torch.stack([p[0, :, 0] for p in rec.sync]).mean(dim=(0, 1)).numpy()  # (L,) OFF query row
+    off_visual = off[1 : 1 + S * tv].reshape(S, tv)
+    off_audio = off[2 + S * tv :].reshape(S, ta)
+    g = cfg.visual.grid
+    spatial = torch.cat(rec.spatial)[:, :, 0, 1:].mean(1).numpy().reshape(S, tv, g, g)
+    freq = torch.cat(rec.freq)[:, :, 0, 1:].mean(1).numpy().reshape(S, ta, cfg.audio.f_tokens)
+    vt, at = token_times(cfg, clip.start_sec, clip.offset_sec)
+    return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, clip)

@@ -1,0 +1,191 @@
+"""The ``synchlib`` command line: ``predict``, ``sweep``, ``fetch``, ``synth``, ``train-tiny``, ``run``, ``report``.
+
+Errors that synchlib raises on purpose (bad input, missing files, failed downloads) print one line on stderr and
+exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import SynchlibError
+
+EXIT_USAGE = 2
+DEFAULT_CHECKPOINT = "24-01-04T16-39-21"
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", default=DEFAULT_CHECKPOINT,
+                   help=f"released id, 'tiny-synthetic', or a .pt path (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    p.add_argument("--audio-priming", default="drop", choices=("drop", "keep"),
+                   help="AAC encoder-delay samples: drop (default, as current FFmpeg) or keep (older decoders)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import load_model, predict
+    from .io import probe
+
+    probe(args.video)  # fail fast on unusable input, before loading (or downloading) a model
+    model = load_model(args.checkpoint, device=args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred = predict(model, args.video, offset_sec=args.offset_sec, start_sec=args.start_sec, k=args.k,
+                       audio_priming=args.audio_priming, precision=args.precision)
+    extra = [str(w.message) for w in caught if str(w.message) not in pred.warnings]
+    pred.warnings.extend(extra)
+    if args.json:
+        print(json.dumps(pred.to_dict()))
+    else:
+        print(pred)
+    for w in extra if not args.json else []:
+        print(f"  warning: {w}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from . import load_model
+    from .io import probe
+    from .sweep import summarize, sweep
+
+    probe(args.video)
+    model = load_model(args.checkpoint, device=args.device)
+    offsets = args.offsets if args.offsets else None
+    table = sweep(model, args.video, offsets=offsets, starts=args.starts, precision=args.precision,
+                  audio_priming=args.audio_priming)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    print(table.to_string(index=False))
+    print(json.dumps(summarize(table)))
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .checkpoints import fetch
+
+    print(fetch(args.id, with_config=True))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import run_synth
+
+    return run_synth(args)
+
+
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    from .synthetic import add_synth_arguments
+
+    add_synth_arguments(p)
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from .train import add_train_arguments
+
+    add_train_arguments(p)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_train
+
+    return run_train(args)
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    from .reports import add_run_arguments
+
+    add_run_arguments(p)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .reports import run_notebook_cli
+
+    return run_notebook_cli(args)
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    from .reports import add_report_arguments
+
+    add_report_arguments(p)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reports import run_report_cli
+
+    return run_report_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="predict the audio-visual offset of a video")
+    p.add_argument("video", help="video file (any container/codec FFmpeg reads)")
+    p.add_argument("--offset-sec", type=float, default=0.0, help="shift the audio by this much on purpose (+: audio early)")
+    p.add_argument("--start-sec", type=float, default=0.0, help="where the 4.8 s window starts")
+    p.add_argument("-k", type=int, default=5, help="how many top offsets to list")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_args(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("sweep", help="predict many (start, offset) windows of one video")
+    p.add_argument("video")
+    p.add_argument("--offsets", type=float, nargs="*", help="offsets in seconds (default: the model's grid)")
+    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds")
+    p.add_argument("--csv", type=Path, help="also write the table here")
+    _model_args(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("fetch", help="download and verify a released checkpoint into the cache")
+    p.add_argument("id")
+    p.set_defaults(func=_cmd_fetch)
+
+    lazy: list[tuple[str, str, Callable, Callable]] = [
+        ("synth", "write synthetic sparse-cue clips and a manifest", _add_synth, _cmd_synth),
+        ("train-tiny", "train the tiny Synchformer on synthetic clips (CPU)", _add_train, _cmd_train),
+        ("run", "execute a notebook headless with papermill and write an HTML report", _add_run, _cmd_run),
+        ("report", "run a notebook for every video of a manifest (batch reports)", _add_report, _cmd_report),
+    ]
+    for name, help_, add, cmd in lazy:
+        p = sub.add_parser(name, help=help_)
+        try:
+            add(p)
+        except ImportError as e:  # optional extras (notebook stack) missing
+            p.set_defaults(func=lambda a, e=e: _missing(e))
+            continue
+        p.set_defaults(func=cmd)
+    return parser
+
+
+def _missing(e: ImportError) -> int:
+    raise SynchlibError(f"this command needs an optional dependency ({e}); pip install 'synchlib[notebooks]'")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SynchlibError as e:
+        print(f"synchlib: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synchlib: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # unexpected: still one line, but say how to get the traceback
+        if os.environ.get("SYNCHLIB_DEBUG"):
+            raise
+        print(f"synchlib: unexpected error: {e.__class__.__name__}: {e} (set SYNCHLIB_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Offset sweeps: many (start, offset) windows of one video for the price of a few.
+
+Two phases, like segment-anything's ``set_image`` / ``predict``: :class:`Predictor` decodes a video once and
+caches the visual features of each start time (the expensive part, and independent of the audio offset); each
+offset then only needs the audio branch and the small synchronisation transformer, run in batches. The logits
+equal those of :func:`synchlib.predict` for the same window (fp32, within rounding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .io import AudioPriming, Decoded, read_video
+from .model import Synchformer
+from .predict import autocast, logits_to_prediction
+from .preprocess import Clip, audio_window, equalify, offset_class, temporal_crop, video_window
+
+SWEEP_COLUMNS = [
+    "video", "start_sec", "offset_sec", "target_class", "predicted_offset_sec", "predicted_class", "p",
+    "correct", "within_one",
+]  # fmt: skip
+
+
+class Predictor:
+    """Holds one decoded video and its cached visual features; predicts many windows cheaply.
+
+    >>> pr = Predictor(model).set_video("clip.mp4")
+    >>> table = pr.sweep(offsets=model.cfg.grid, starts=[0.0, 2.0])
+    """
+
+    def __init__(self, model: Synchformer, *, precision: str = "fp32", audio_priming: AudioPriming = "drop"):
+        self.model = model
+        self.cfg = model.cfg
+        self.precision = precision
+        self.audio_priming = audio_priming
+        self.decoded: Decoded | None = None
+        self.name = ""
+        self._vfeats: dict[float, torch.Tensor] = {}
+
+    def set_video(self, video: str | Path | Decoded) -> "Predictor":
+        """Decode ``video`` once (normalising it if needed) and forget cached features of the previous one."""
+        self.decoded = video if isinstance(video, Decoded) else read_video(video, self.cfg, audio_priming=self.audio_priming)
+        self.name = str(video) if not isinstance(video, Decoded) else str(video.source.path)
+        self._vfeats.clear()
+        return self
+
+    def _lengths(self) -> tuple[int, int]:
+        assert self.decoded is not None, "call set_video() first"
+        return equalify(len(self.decoded.frames), len(self.decoded.audio), self.cfg.data)
+
+    @torch.inference_mode()
+    def vfeats(self, start_sec: float) -> torch.Tensor:
+        """Visual features (S, tv, D) of the window at ``start_sec`` (computed once, then cached)."""
+        key = round(float(start_sec), 6)
+        if key not in self._vfeats:
+            _, _, vid = video_window(self.decoded, start_sec, self.cfg, self._lengths()[0])
+            with autocast(self.model.device, self.precision):
+                self._vfeats[key] = self.model.extract_vfeats(vid[None].to(self.model.device))[0].float()
+        return self._vfeats[key]
+
+    def clip(self, offset_sec: float, start_sec: float) -> Clip:
+        """The full :class:`Clip` of one window (for display or the plain path)."""
+        from .preprocess import clip_from_decoded
+
+        return clip_from_decoded(self.decoded, self.cfg, offset_sec, start_sec)
+
+    @torch.inference_mode()
+    def logits(self, offsets: Sequence[float], start_sec: float, batch_size: int = 8) -> torch.Tensor:
+        """Logits (len(offsets), classes) of the windows at ``start_sec`` with each audio offset."""
+        n_frames, n_samples = self._lengths()
+        vf = self.vfeats(start_sec)
+        out = []
+        dev = self.model.device
+        for i in range(0, len(offsets), batch_size):
+            chunk = offsets[i : i + batch_size]
+            auds = [
+                audio_window(self.decoded, temporal_crop(n_frames, n_samples, o, start_sec, self.cfg.data), self.cfg)[1]
+                for o in chunk
+            ]
+            aud = torch.stack(auds).to(dev)
+            with autocast(dev, self.precision):
+                af = self.model.extract_afeats(aud)
+                out.append(self.model.sync_logits(vf[None].expand(len(chunk), *vf.shape).to(af.dtype), af).float())
+        return torch.cat(out)
+
+    def sweep(
+        self,
+        offsets: Iterable[float] | None = None,
+        starts: Iterable[float] = (0.0,),
+        *,
+        batch_size: int = 8,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """One row per (start, offset) window with the columns of :data:`SWEEP_COLUMNS`."""
+        offsets = [float(o) for o in (self.cfg.grid if offsets is None else offsets)]
+        starts = [float(s) for s in starts]
+        data = self.cfg.data
+        rows = []
+        for start in tqdm(starts, desc="sweep starts", disable=not progress or len(starts) < 2):
+            logits = self.logits(offsets, start, batch_size)
+            for off, lg in zip(offsets, logits):
+                target = offset_class(round(off, 2), data)
+                pred = logits_to_prediction(
+                    lg, data.grid, kind=self.cfg.sync.head, target_class=target, injected_offset_sec=off,
+                    start_sec=start, k=1,
+                )
+                rows.append(
+                    {
+                        "video": self.name,
+                        "start_sec": start,
+                        "offset_sec": round(off, 2),
+                        "target_class": target,
+                        "predicted_offset_sec": pred.offset_sec,
+                        "predicted_class": pred.class_index,
+                        "p": pred.p,
+                        "correct": pred.correct,
+                        "within_one": pred.within_one,
+                    }
+                )
+        return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def sweep(
+    model: Synchformer,
+    video: str | Path | Decoded,
+    offsets: Iterable[float] | None = None,
+    starts: Iterable[float] = (0.0,),
+    *,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    audio_priming: AudioPriming = "drop",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Predict every (start, offset) window of ``video``; offsets default to the model's grid.
+
+    Returns a tidy DataFrame: ``video, start_sec, offset_sec, target_class, predicted_offset_sec,
+    predicted_class, p, correct, within_one``.
+    """
+    pr = Predictor(model, precision=precision, audio_priming=audio_priming).set_video(video)
+    return pr.sweep(offsets, starts, batch_size=batch_size, progress=progress)
+
+
+def summarize(table: pd.DataFrame) -> dict[str, float]:
+    """acc@1, acc@1 within one class, and the number of windows with a target."""
+    t = table.dropna(subset=["target_class"])
+    return {
+        "n": int(len(t)),
+        "acc1": float(t["correct"].astype(bool).mean()) if len(t) else float("nan"),
+        "acc1_within_one": float(t["within_one"].astype(bool).mean()) if len(t) else float("nan"),
+    }
+
+
+def per_offset_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """acc@1 and acc@1 within one class per injected offset."""
+    t = table.dropna(subset=["target_class"]).copy()
+    t["correct"] = t["correct"].astype(bool)
+    t["within_one"] = t["within_one"].astype(bool)
+    return t.groupby("offset_sec")[["correct", "within_one"]].mean().rename(
+        columns={"correct": "acc1", "within_one": "acc1_within_one"}
+    )
+
+
+def confusion_matrix(table: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts, rows = target class, columns = predicted class."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    t = table.dropna(subset=["target_class"])
+    for a, b in zip(t["target_class"].astype(int), t["predicted_class"].astype(int)):
+        m[a, b] += 1
+    return m

@@ -1,0 +1,576 @@
+"""Tests for synchlib.checkpoints: registry, cache, verified downloads from a local HTTP server, safe loading.
+
+No internet: files are served from a stdlib HTTP server on 127.0.0.1, ``SYNCHLIB_MIRROR`` points at it and
+``SYNCHLIB_CACHE`` at a temporary folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import sys
+import threading
+import zipfile
+from collections import Counter, OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from synchlib import checkpoints as ck
+from synchlib.config import load_config
+from synchlib.errors import CheckpointError
+
+TEST_ID = "99-01-01T00-00-00"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures: fake checkpoints and a local file server
+
+
+def tiny_state_dict() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "vfeat_extractor.cls_token": torch.randn(1, 1, 8, generator=g),
+        "vproj.weight": torch.randn(4, 8, generator=g),
+        "vproj.bias": torch.zeros(4),
+        "transformer.off_head.weight": torch.randn(21, 4, generator=g),
+    }
+
+
+TINY_ARGS: dict[str, Any] = {
+    "action": "train_avsync_model",
+    "data": {"vfps": 25, "afps": 16000, "rgb_mean": [0.5, 0.5, 0.5], "flag": True, "none": None},
+    "model": {"target": "model.sync_model.Synchformer", "params": {"n_embd": 4}},
+}
+
+
+def write_fake(path: Path, **extra: Any) -> bytes:
+    ck.save_checkpoint(path, tiny_state_dict(), TINY_ARGS, epoch=3, **extra)
+    return path.read_bytes()
+
+
+class FileServer:
+    """Serves ``routes[path]`` (a list of behaviours, one per request; the last one repeats) and counts hits.
+
+    Behaviours: ``("ok", body)``, ``("status", code)``, ``("cut", body)`` (announces the full Content-Length,
+    sends half of the body, then closes the connection).
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[tuple[str, Any]]] = {}
+        self.hits: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_GET(self) -> None:
+                server.hits[self.path] += 1
+                plan = server.routes.get(self.path) or [("status", 404)]
+                kind, arg = plan[min(server.hits[self.path], len(plan)) - 1]
+                if kind == "status":
+                    self.send_error(arg)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(arg)))
+                self.end_headers()
+                self.wfile.write(arg if kind == "ok" else arg[: len(arg) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def serve(self, ckpt_id: str, filename: str, *plan: tuple[str, Any]) -> str:
+        path = f"/models/{ckpt_id}/{filename}"
+        self.routes[path] = list(plan)
+        return path
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    srv = FileServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FileServer) -> Path:
+    """Cache in tmp_path, mirror on the local server, no proxies; returns the cache folder."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(ck.ENV_CACHE, str(cache))
+    monkeypatch.setenv(ck.ENV_MIRROR, server.url)
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    return cache
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A small checkpoint in the released layout, registered under TEST_ID with its real md5 prefix."""
+    data = write_fake(tmp_path / "src" / "fake.pt")
+    entry = ck.ReleasedCheckpoint(
+        id=TEST_ID,
+        kind="offset",
+        md5_prefix=hashlib.md5(data).hexdigest()[:7],
+        train_data="none",
+        test_set="none",
+        reported="n/a",
+        num_classes=21,
+    )
+    monkeypatch.setitem(ck.RELEASED, TEST_ID, entry)
+    return data
+
+
+def fetch_quick(ckpt_id: str = TEST_ID, **kw: Any) -> Path:
+    kw.setdefault("progress", False)
+    kw.setdefault("backoff", 0.0)
+    kw.setdefault("timeout", 10.0)
+    return ck.fetch(ckpt_id, **kw)
+
+
+def assert_clean(cache: Path, ckpt_id: str = TEST_ID) -> None:
+    """No final file, no note and no temporary file left after a failed fetch."""
+    folder = cache / ckpt_id
+    leftovers = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    assert leftovers == [], f"cache not clean after failure: {leftovers}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry, cache folder, URLs
+
+
+def test_registry_matches_published_facts() -> None:
+    assert list(ck.RELEASED) == ["23-12-23T18-33-57", "24-01-02T10-00-53", "24-01-04T16-39-21", "24-01-22T20-34-52"]
+    prefixes = {k: v.md5_prefix for k, v in ck.RELEASED.items()}
+    assert prefixes == {
+        "23-12-23T18-33-57": "4415276",
+        "24-01-02T10-00-53": "19592ed",
+        "24-01-04T16-39-21": "54037d2",
+        "24-01-22T20-34-52": "b1cb346",
+    }
+    for entry in ck.RELEASED.values():
+        cfg = load_config(entry.id)  # the offline config agrees with the registry
+        assert cfg.sync.head == entry.kind
+        assert cfg.sync.num_classes == entry.num_classes
+        assert entry.filename == f"{entry.id}.pt" and entry.config_filename == f"cfg-{entry.id}.yaml"
+
+
+def test_cache_dir_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ck.ENV_CACHE, str(tmp_path / "a" / "b"))
+    assert ck.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    monkeypatch.delenv(ck.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ck.cache_dir() == tmp_path / "xdg" / "synchlib" and ck.cache_dir().is_dir()
+
+
+def test_checkpoint_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ck.ENV_MIRROR, raising=False)
+    assert ck.checkpoint_url("24-01-04T16-39-21", "24-01-04T16-39-21.pt") == (
+        "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/sync/sync_models/"
+        "24-01-04T16-39-21/24-01-04T16-39-21.pt"
+    )
+    monkeypatch.setenv(ck.ENV_MIRROR, "http://example.org/m/")
+    assert ck.checkpoint_url("x", "cfg-x.yaml") == "http://example.org/m/x/cfg-x.yaml"
+    with pytest.raises(CheckpointError, match="plain file name"):
+        ck.checkpoint_url("../etc", "x.pt")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fetch
+
+
+def test_fetch_downloads_once_then_uses_cache(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    path = fetch_quick(progress=True)
+    assert path == env / TEST_ID / f"{TEST_ID}.pt"
+    assert path.read_bytes() == fake
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"{TEST_ID}.pt", f"{TEST_ID}.pt.verified"]
+    assert fetch_quick() == path
+    assert server.hits[route] == 1  # the second call made no request
+    sd, meta = ck.read_checkpoint(path)
+    assert torch.equal(sd["vproj.weight"], tiny_state_dict()["vproj.weight"])
+    assert meta["epoch"] == 3 and meta["args"] == TINY_ARGS
+
+
+def test_fetch_rehashes_changed_cache_and_redownloads(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    path = fetch_quick()
+    path.write_bytes(fake[:-10] + b"0123456789")  # corrupted in place: note no longer matches, hash fails
+    with pytest.warns(UserWarning, match="downloading it again"):
+        assert fetch_quick() == path
+    assert path.read_bytes() == fake and server.hits[route] == 2
+
+
+def test_fetch_accepts_a_good_file_placed_in_cache(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    (env / TEST_ID).mkdir(parents=True)
+    (env / TEST_ID / f"{TEST_ID}.pt").write_bytes(fake)  # no note: verified by hashing, no download
+    assert fetch_quick().read_bytes() == fake
+    assert server.hits[route] == 0 and (env / TEST_ID / f"{TEST_ID}.pt.verified").is_file()
+
+
+def test_fetch_cut_transfer_is_retried_then_fails_clean(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("cut", fake))
+    with pytest.raises(CheckpointError, match="after 3 attempt") as err:
+        fetch_quick(retries=2)
+    assert server.hits[route] == 3
+    assert server.url in str(err.value) and "SYNCHLIB_MIRROR" in str(err.value)
+    assert_clean(env)
+
+
+def test_fetch_interrupted_then_succeeds(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("cut", fake), ("ok", fake))
+    path = fetch_quick()
+    assert path.read_bytes() == fake and server.hits[route] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"{TEST_ID}.pt", f"{TEST_ID}.pt.verified"]
+
+
+def test_fetch_truncated_file_fails_hash_without_retry(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake[: len(fake) // 2]))
+    with pytest.raises(CheckpointError, match="failed verification.*md5"):
+        fetch_quick()
+    assert server.hits[route] == 1
+    assert_clean(env)
+
+
+def test_fetch_wrong_hash(env: Path, server: FileServer, fake: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    wrong = "0000000" if not hashlib.md5(fake).hexdigest().startswith("0000000") else "1111111"
+    monkeypatch.setitem(ck.RELEASED, TEST_ID, dataclasses.replace(ck.RELEASED[TEST_ID], md5_prefix=wrong))
+    with pytest.raises(CheckpointError, match=f"starting with {wrong}"):
+        fetch_quick()
+    assert_clean(env)
+    with pytest.raises(CheckpointError, match="failed verification"):
+        fetch_quick(known_hash="sha256:" + "0" * 64)
+    assert_clean(env)
+
+
+def test_fetch_http_500_retried_then_fails_clean(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("status", 500))
+    with pytest.raises(CheckpointError, match="HTTP 500") as err:
+        fetch_quick(retries=3)
+    assert server.hits[route] == 4
+    assert f"{server.url}/{TEST_ID}/{TEST_ID}.pt" in str(err.value)
+    assert_clean(env)
+
+
+def test_fetch_http_503_then_success(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("status", 503), ("status", 502), ("ok", fake))
+    assert fetch_quick().read_bytes() == fake and server.hits[route] == 3
+
+
+def test_fetch_404_is_not_retried(env: Path, server: FileServer, fake: bytes) -> None:
+    with pytest.raises(CheckpointError, match="HTTP 404"):
+        fetch_quick()
+    assert server.hits[f"/models/{TEST_ID}/{TEST_ID}.pt"] == 1
+    assert_clean(env)
+
+
+def test_fetch_unreachable_server(env: Path, fake: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(ck.ENV_MIRROR, f"http://127.0.0.1:{port}")
+    with pytest.raises(CheckpointError, match="after 2 attempt"):
+        fetch_quick(retries=1)
+    assert_clean(env)
+
+
+def test_fetch_rejects_non_http_mirror(env: Path, fake: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ck.ENV_MIRROR, "ftp://example.org/models")
+    with pytest.raises(CheckpointError, match="http\\(s\\) base URL"):
+        fetch_quick()
+
+
+def test_fetch_unknown_id_makes_no_request(env: Path, server: FileServer) -> None:
+    with pytest.raises(CheckpointError, match="24-01-04T16-39-21"):
+        fetch_quick("not-an-id")
+    assert sum(server.hits.values()) == 0
+
+
+def test_fetch_other_id_with_known_sha256(env: Path, server: FileServer, fake: bytes) -> None:
+    route = server.serve("mirror-only", "mirror-only.pt", ("ok", fake))
+    path = fetch_quick("mirror-only", known_hash="sha256:" + hashlib.sha256(fake).hexdigest())
+    assert path.read_bytes() == fake and server.hits[route] == 1
+    with pytest.raises(CheckpointError, match="invalid hash"):
+        fetch_quick("mirror-only", known_hash="sha1:abcdef0")
+
+
+def test_fetch_with_config(env: Path, server: FileServer, fake: bytes) -> None:
+    server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    server.serve(TEST_ID, f"cfg-{TEST_ID}.yaml", ("ok", b"action: train_avsync_model\n"))
+    path = fetch_quick(with_config=True)
+    assert (path.parent / f"cfg-{TEST_ID}.yaml").read_text() == "action: train_avsync_model\n"
+
+
+def test_fetch_with_missing_config_only_warns(env: Path, server: FileServer, fake: bytes) -> None:
+    server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    with pytest.warns(UserWarning, match="config was not"):
+        path = fetch_quick(with_config=True)
+    assert path.read_bytes() == fake and not (path.parent / f"cfg-{TEST_ID}.yaml").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# resolve_checkpoint
+
+
+def test_resolve_checkpoint(env: Path, server: FileServer, fake: bytes, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    local = tmp_path / "src" / "fake.pt"
+    assert ck.resolve_checkpoint(local) == local and ck.resolve_checkpoint(str(local)) == local
+    server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    assert ck.resolve_checkpoint(TEST_ID, progress=False) == env / TEST_ID / f"{TEST_ID}.pt"
+    with pytest.raises(CheckpointError, match="24-01-22T20-34-52") as err:
+        ck.resolve_checkpoint("nope")
+    assert "no file at" in str(err.value)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        ck.resolve_checkpoint(tmp_path)
+    monkeypatch.setattr(ck, "ASSETS_DIR", tmp_path / "src")
+    monkeypatch.setitem(ck.PACKAGED, "tiny-synthetic", "fake.pt")
+    assert ck.resolve_checkpoint("tiny-synthetic") == local
+
+
+# --------------------------------------------------------------------------------------------------------------
+# read_checkpoint: the released layout
+
+
+def released_like(tmp_path: Path) -> tuple[Path, Any]:
+    """A checkpoint pickled exactly like the reference training code does (OmegaConf args, numpy metrics, ...)."""
+    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (a test-only dependency) is not installed")
+    cfg = omegaconf.OmegaConf.create({
+        "action": "train_avsync_model",
+        "start_time": "24-01-04T16-39-21",
+        "model": {"target": "model.sync_model.Synchformer",
+                  "params": {"afeat_extractor": {"is_trainable": False, "params": {"ckpt_path": None}},
+                             "transformer": {"params": {"n_embd": 768, "dropout": 0.0, "block_shape": [198, 768]}}}},
+        "data": {"vfps": 25, "afps": 16000, "crop_len_sec": 5.0, "num_off_cls": 21, "rgb_mean": [0.5, 0.5, 0.5],
+                 "nested": [[1, 2], {"a": -3}], "big": 2**40, "empty": {}, "el": [], "flag": True},
+        "training": {"num_classes": "${data.num_off_cls}", "text": "fps ${data.vfps}", "missing": "???",
+                     "optimizer": {"betas": [0.9, 0.999]}},
+    })  # fmt: skip
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4, cfg.training.optimizer.betas)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    opt_state = opt.state_dict()
+    opt_state["param_groups"][0]["betas"] = cfg.training.optimizer.betas  # torch 2.0 kept the ListConfig as given
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, schedulers=[
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=5),
+        torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)], milestones=[5])  # fmt: skip
+    sd = OrderedDict((f"module.{k}", v) for k, v in tiny_state_dict().items())
+    ckpt = {
+        "args": cfg,
+        "loss": 1.25,
+        "metrics": {"accuracy_1": np.float64(0.466), "accuracy_5_median": np.float32(0.5), "n": np.int64(7),
+                    "ok": np.bool_(True), "accuracy_1_tol1": 0.67},
+        "epoch": 12,
+        "optimizer": opt_state,
+        "model": sd,
+        "scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "lr_scheduler": sched.state_dict(),
+        "model_type": "Synchformer",
+    }  # fmt: skip
+    path = tmp_path / "released.pt"
+    torch.save(ckpt, path)
+    return path, cfg
+
+
+def test_read_released_layout_with_omegaconf_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, cfg = released_like(tmp_path)
+    from omegaconf import OmegaConf
+
+    expected_args = OmegaConf.to_container(cfg, resolve=False)
+    for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # reading must not import omegaconf
+
+    sd, meta = ck.read_checkpoint(path)
+
+    assert list(sd) == list(tiny_state_dict())  # 'module.' stripped, order kept
+    assert all(torch.equal(sd[k], v) for k, v in tiny_state_dict().items())
+    assert meta["args"] == expected_args
+    assert type(meta["args"]) is dict and type(meta["args"]["data"]["rgb_mean"]) is list
+    assert meta["args"]["training"]["num_classes"] == "${data.num_off_cls}"  # references kept as text
+    assert meta["args"]["training"]["missing"] == "???"
+    assert meta["epoch"] == 12 and meta["model_type"] == "Synchformer" and meta["loss"] == 1.25
+    m = meta["metrics"]
+    assert m == {"accuracy_1": 0.466, "accuracy_5_median": 0.5, "n": 7, "ok": True, "accuracy_1_tol1": 0.67}
+    assert type(m["accuracy_1"]) is float and type(m["n"]) is int and type(m["ok"]) is bool
+    assert meta["optimizer"]["param_groups"][0]["betas"] == [0.9, 0.999]
+    assert set(meta) == {"args", "loss", "metrics", "epoch", "optimizer", "scaler", "lr_scheduler", "model_type"}
+
+
+def test_allow_list_is_what_the_released_layout_needs(tmp_path: Path) -> None:
+    """Every global beyond torch's defaults in a released-layout file is covered by a synchlib stand-in."""
+    path, _ = released_like(tmp_path)
+    needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    allowed = {name for _, name in ck._SAFE_GLOBALS}
+    assert needed - allowed == set()
+    assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "numpy.dtype"} <= needed
+
+
+def test_released_args_build_a_config(tmp_path: Path) -> None:
+    """The plain args from a checkpoint go straight into synchlib's config reader."""
+    from synchlib.config import config_from_dict, released_config_path
+
+    import yaml
+
+    raw = yaml.safe_load(released_config_path("24-01-04T16-39-21").read_text())
+    path = tmp_path / "ck.pt"
+    ck.save_checkpoint(path, tiny_state_dict(), raw)
+    _, meta = ck.read_checkpoint(path)
+    assert config_from_dict(meta["args"]) == load_config("24-01-04T16-39-21").replace(name="custom")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# read_checkpoint: other layouts and bad files
+
+
+def test_bare_state_dict_and_module_prefix(tmp_path: Path) -> None:
+    torch.save(tiny_state_dict(), tmp_path / "bare.pt")
+    sd, meta = ck.read_checkpoint(tmp_path / "bare.pt")
+    assert list(sd) == list(tiny_state_dict()) and meta == {}
+    torch.save({f"module.{k}": v for k, v in tiny_state_dict().items()}, tmp_path / "ddp.pt")
+    sd, _ = ck.read_checkpoint(tmp_path / "ddp.pt")
+    assert list(sd) == list(tiny_state_dict())
+    torch.save({"module.a": torch.ones(1), "a": torch.zeros(1)}, tmp_path / "clash.pt")
+    with pytest.raises(CheckpointError, match="clashes"):
+        ck.read_checkpoint(tmp_path / "clash.pt")
+
+
+def test_legacy_non_zip_format_loads_without_mmap(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": tiny_state_dict(), "epoch": 1}, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    sd, meta = ck.read_checkpoint(path)
+    assert torch.equal(sd["vproj.weight"], tiny_state_dict()["vproj.weight"]) and meta == {"epoch": 1}
+
+
+CALLS: list[str] = []
+
+
+def _record(what: str) -> None:
+    CALLS.append(what)
+
+
+class Sneaky:
+    """An object whose unpickling would call a function."""
+
+    def __init__(self, reducer: Any, arg: Any):
+        self.reducer, self.arg = reducer, arg
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.reducer, (self.arg,)
+
+
+class Custom:
+    def __init__(self) -> None:
+        self.x = 1
+
+
+@pytest.mark.parametrize("payload", ["function", "os.system", "custom_object"])
+def test_forbidden_globals_are_refused_and_never_run(tmp_path: Path, payload: str) -> None:
+    marker = tmp_path / "pwned"
+    bad = {
+        "function": Sneaky(_record, "called"),
+        "os.system": Sneaky(os.system, f"touch {marker}"),
+        "custom_object": Custom(),
+    }[payload]
+    path = tmp_path / "bad.pt"
+    torch.save({"model": tiny_state_dict(), "args": {"x": bad}, "epoch": 0}, path)
+    with pytest.raises(CheckpointError, match="does not load for safety") as err:
+        ck.read_checkpoint(path)
+    assert "weights_only=False" in str(err.value)
+    assert CALLS == [] and not marker.exists()
+
+
+@pytest.mark.parametrize("value", [np.str_("a"), np.datetime64("2024-01-01"), np.complex128(1j), np.zeros(2)])
+def test_numpy_values_other_than_numbers_are_refused(tmp_path: Path, value: Any) -> None:
+    path = tmp_path / "np.pt"
+    torch.save({"model": tiny_state_dict(), "metrics": {"x": value}}, path)
+    with pytest.raises(CheckpointError, match="does not load for safety"):
+        ck.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated_zip", "empty", "text", "not_a_dict", "no_model"])
+def test_bad_files_raise_checkpoint_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "bad.pt"
+    good = write_fake(tmp_path / "good.pt")
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated_zip":
+        path.write_bytes(good[: len(good) * 2 // 3])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("action: train\n")
+    elif kind == "not_a_dict":
+        torch.save([torch.ones(2)], path)
+    else:
+        torch.save({"epoch": 1, "weights": [torch.ones(2)]}, path)
+    with pytest.raises(CheckpointError) as err:
+        ck.read_checkpoint(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        ck.read_checkpoint(tmp_path / "nope.pt")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# save_checkpoint and hashes
+
+
+def test_save_checkpoint_roundtrip_and_hashes(tmp_path: Path) -> None:
+    path = ck.save_checkpoint(tmp_path / "out" / "mine.pt", tiny_state_dict(), TINY_ARGS,
+                              epoch=5, metrics={"accuracy_1": 0.5}, model_type="Tiny")  # fmt: skip
+    assert sorted(p.name for p in path.parent.iterdir()) == ["mine.pt"]  # no temp file left
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"model", "args", "epoch", "model_type", "metrics"}
+    sd, meta = ck.read_checkpoint(path)
+    assert meta == {"args": TINY_ARGS, "epoch": 5, "model_type": "Tiny", "metrics": {"accuracy_1": 0.5}}
+    data = path.read_bytes()
+    assert ck.file_md5(path) == hashlib.md5(data).hexdigest()
+    assert ck.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_save_checkpoint_rejects_non_plain_data(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="args\\['x'\\] is a Custom"):
+        ck.save_checkpoint(tmp_path / "a.pt", tiny_state_dict(), {"x": Custom()})
+    with pytest.raises(CheckpointError, match="not_tensor"):
+        ck.save_checkpoint(tmp_path / "b.pt", {"not_tensor": 1.0}, {})  # type: ignore[dict-item]
+    with pytest.raises(CheckpointError, match="extra"):
+        ck.save_checkpoint(tmp_path / "c.pt", tiny_state_dict(), {}, extra=io.BytesIO())
+    with pytest.raises(CheckpointError, match="model="):
+        ck.save_checkpoint(tmp_path / "d.pt", tiny_state_dict(), {}, model={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pickle_module_not_used_for_safe_load(tmp_path: Path) -> None:
+    """A pickle written with plain pickle (not torch.save) is still read through the weights-only unpickler."""
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"x": Sneaky(_record, "called")}, protocol=2))
+    with pytest.raises(CheckpointError):
+        ck.read_checkpoint(path)
+    assert CALLS == []
