@@ -23,6 +23,7 @@ from .errors import (
 from .model import Synchformer, build_model
 from .predict import Prediction, predict
 from .preprocess import Clip, load_clip
+from .samples import resolve_video, sample_path
 from .sweep import Predictor, sweep
 
 __version__ = "0.1.0"
@@ -31,5 +32,5 @@ __all__ = [
     "RELEASED", "CheckpointError", "Clip", "ClipTooShortError", "Config", "ConfigError", "MissingStreamError",
     "OffsetOutsideGridWarning", "Prediction", "Predictor", "Synchformer", "SynchlibError", "SynchlibWarning",
     "UnreliableInputWarning", "VideoDecodeError", "VideoNotFoundError", "build_model", "fetch", "load_clip",
-    "load_config", "load_model", "predict", "read_checkpoint", "save_checkpoint", "sweep",
+    "load_config", "load_model", "predict", "resolve_video", "sample_path", "read_checkpoint", "save_checkpoint", "sweep",
 ]  # fmt: skip

@@ -80,6 +80,7 @@ class Explanation:
     freq: np.ndarray
     visual_times: np.ndarray
     audio_times: np.ndarray
+    token_frames: np.ndarray  # (S, tv) index into clip.frames of the first frame of each visual token
     clip: Clip = field(repr=False)
 
     @property
@@ -104,4 +105,5 @@ def explain(model: Synchformer, clip: Clip, k: int = 5) -> Explanation:
     spatial = torch.cat(rec.spatial)[:, :, 0, 1:].mean(1).numpy().reshape(S, tv, g, g)
     freq = torch.cat(rec.freq)[:, :, 0, 1:].mean(1).numpy().reshape(S, ta, cfg.audio.f_tokens)
     vt, at = token_times(cfg, clip.start_sec, clip.offset_sec)
-    return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, clip)
+    frames = np.arange(S)[:, None] * cfg.data.step_vframes + np.arange(tv)[None] * cfg.visual.tubelet
+    return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, frames, clip)

@@ -88,6 +88,16 @@ class Prediction:
         d["correct"], d["within_one"] = self.correct, self.within_one
         return d
 
+    def summary(self, decimals: int = 2) -> str:
+        """Short, stable text: top-k with probabilities rounded to ``decimals`` (used by the notebook checks,
+        so that CPU/GPU rounding differences do not show)."""
+        lines = [f"injected offset {self.injected_offset_sec:+.2f} s, start {self.start_sec:g} s, target class {self.target_class}"]
+        for off, cls, p in self.topk:
+            label = f"{off:+.2f} s" if self.kind == "offset" else ("synchronisable" if cls == 1 else "not synchronisable")
+            lines.append(f"  {label:>8} (class {cls:2d}) p={p:.{decimals}f}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
     def __str__(self) -> str:
         lines = [f"{self.video or 'clip'} (start {self.start_sec:g} s, injected offset {self.injected_offset_sec:+.2f} s)"]
         for off, cls, p in self.topk:
@@ -109,11 +119,21 @@ def input_warnings(clip: Clip) -> list[str]:
     return out
 
 
-def logits_to_prediction(logits: torch.Tensor, clip: Clip, kind: str, k: int = 5, video: str = "") -> Prediction:
-    """logits (classes,) -> :class:`Prediction` with softmax probabilities and top-k."""
+def logits_to_prediction(
+    logits: torch.Tensor,
+    grid: np.ndarray,
+    *,
+    kind: str = "offset",
+    target_class: int | None = None,
+    injected_offset_sec: float = 0.0,
+    start_sec: float = 0.0,
+    k: int = 5,
+    video: str = "",
+) -> Prediction:
+    """logits (classes,) -> :class:`Prediction` with softmax probabilities and top-k over ``grid`` (classes,)."""
     logits = logits.detach().float().cpu()
     probs = torch.softmax(logits, dim=-1).numpy()
-    grid = clip.grid if kind == "offset" else np.arange(len(probs), dtype=np.float32)
+    grid = np.asarray(grid) if kind == "offset" else np.arange(len(probs), dtype=np.float32)
     order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(probs)))]
     top = int(order[0])
     return Prediction(
@@ -123,11 +143,19 @@ def logits_to_prediction(logits: torch.Tensor, clip: Clip, kind: str, k: int = 5
         topk=[(float(grid[i]), int(i), float(probs[i])) for i in order],
         offset_sec=float(grid[top]) if kind == "offset" else None,
         class_index=top,
-        target_class=clip.target_class if kind == "offset" else None,
-        injected_offset_sec=clip.offset_sec,
-        start_sec=clip.start_sec,
+        target_class=target_class if kind == "offset" else None,
+        injected_offset_sec=injected_offset_sec,
+        start_sec=start_sec,
         kind=kind,
         video=video,
+    )
+
+
+def clip_prediction(logits: torch.Tensor, clip: Clip, kind: str, k: int = 5, video: str = "") -> Prediction:
+    """:func:`logits_to_prediction` with the grid, target, offset and start of ``clip``."""
+    return logits_to_prediction(
+        logits, clip.grid, kind=kind, target_class=clip.target_class, injected_offset_sec=clip.offset_sec,
+        start_sec=clip.start_sec, k=k, video=video,
     )
 
 
@@ -148,6 +176,9 @@ def clip_meta(clip: Clip) -> dict[str, Any]:
             "duration_sec": s.duration_sec,
             "video_codec": s.video_codec,
             "audio_codec": s.audio_codec,
+            "container": s.container,
+            "rotation": s.rotation,
+            "variable_frame_rate": s.variable_frame_rate,
         },
         "fps": d.fps,
         "sample_rate": d.sample_rate,
@@ -169,20 +200,28 @@ def predict(
     k: int = 5,
     audio_priming: AudioPriming = "drop",
     precision: str = "fp32",
+    pad: bool = False,
 ) -> Prediction:
     """Predict the audio-visual offset of one window of ``video``.
 
     ``offset_sec`` shifts the audio on purpose (positive: audio early), ``start_sec`` picks the window. With
-    ``offset_sec=0`` the answer is the offset of the file as it is.
+    ``offset_sec=0`` the answer is the offset of the file as it is. ``pad=True`` pads a clip too short for the
+    window (see :func:`synchlib.preprocess.load_clip`) instead of raising :class:`ClipTooShortError`.
+
+    ``Prediction.warnings`` lists every reason the answer may be unreliable: damage found in the file, padding,
+    an offset outside the grid (all from ``Clip.warnings``), silent audio or a still picture in the window.
     """
-    clip = video if isinstance(video, Clip) else load_clip(video, offset_sec, start_sec, model.cfg, audio_priming=audio_priming)
+    clip = video if isinstance(video, Clip) else load_clip(
+        video, offset_sec, start_sec, model.cfg, audio_priming=audio_priming, pad=pad
+    )
     device = model.device
     with autocast(device, precision):
         logits = model(clip.vid[None].to(device), clip.aud[None].to(device))[0]
-    name = str(video) if isinstance(video, (str, Path)) else str(getattr(clip.decoded, "source", None) and clip.decoded.source.path or "")
-    pred = logits_to_prediction(logits, clip, model.cfg.sync.head, k=k, video=name)
-    pred.warnings = input_warnings(clip)
-    for w in pred.warnings:
+    name = str(video) if isinstance(video, (str, Path)) else (str(clip.decoded.source.path) if clip.decoded else "")
+    pred = clip_prediction(logits, clip, model.cfg.sync.head, k=k, video=name)
+    found = input_warnings(clip)
+    for w in found:
         warnings.warn(w, UnreliableInputWarning, stacklevel=2)
+    pred.warnings = [*clip.warnings, *found]
     pred.meta = {**clip_meta(clip), "device": str(device), "precision": precision, "model": model.cfg.name}
     return pred

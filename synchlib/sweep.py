@@ -8,6 +8,7 @@ equal those of :func:`synchlib.predict` for the same window (fp32, within roundi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ClipTooShortError
 from .io import AudioPriming, Decoded, read_video
 from .model import Synchformer
 from .predict import autocast, logits_to_prediction
@@ -98,11 +100,15 @@ class Predictor:
         progress: bool = True,
     ) -> pd.DataFrame:
         """One row per (start, offset) window with the columns of :data:`SWEEP_COLUMNS`."""
-        offsets = [float(o) for o in (self.cfg.grid if offsets is None else offsets)]
+        all_offsets = [float(o) for o in (self.cfg.grid if offsets is None else offsets)]
         starts = [float(s) for s in starts]
         data = self.cfg.data
-        rows = []
+        rows, skipped = [], []
         for start in tqdm(starts, desc="sweep starts", disable=not progress or len(starts) < 2):
+            offsets = [o for o in all_offsets if self.fits(o, start)]
+            skipped += [(start, o) for o in all_offsets if o not in offsets]
+            if not offsets:
+                continue
             logits = self.logits(offsets, start, batch_size)
             for off, lg in zip(offsets, logits):
                 target = offset_class(round(off, 2), data)
@@ -123,7 +129,24 @@ class Predictor:
                         "within_one": pred.within_one,
                     }
                 )
+        if skipped:
+            n_frames, n_samples = self._lengths()
+            warnings.warn(
+                f"{len(skipped)} of {len(skipped) + len(rows)} (start, offset) windows do not fit in the "
+                f"{min(n_frames / data.vfps, n_samples / data.afps):.2f} s of usable clip and were skipped, e.g. "
+                f"start {skipped[0][0]:g} s with offset {skipped[0][1]:+.2f} s; a window needs "
+                f"max(start, start + offset) + {data.crop_len_sec:g} s",
+                stacklevel=2,
+            )
         return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+    def fits(self, offset_sec: float, start_sec: float) -> bool:
+        """Whether the window at ``start_sec`` with the audio shifted by ``offset_sec`` fits in the clip."""
+        try:
+            temporal_crop(*self._lengths(), offset_sec, start_sec, self.cfg.data)
+        except ClipTooShortError:
+            return False
+        return True
 
 
 def sweep(
@@ -144,6 +167,32 @@ def sweep(
     """
     pr = Predictor(model, precision=precision, audio_priming=audio_priming).set_video(video)
     return pr.sweep(offsets, starts, batch_size=batch_size, progress=progress)
+
+
+def sweep_manifest(
+    model: Synchformer,
+    manifest: str | Path,
+    offsets: Iterable[float] | None = None,
+    starts: Iterable[float] = (0.0,),
+    *,
+    progress: bool = True,
+    **kwargs,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`sweep` every video of a manifest CSV (``path`` column; see :func:`synchlib.reports.read_manifest`).
+
+    Returns (results of all videos, failures with one ``error`` line per video that could not be swept).
+    """
+    from .errors import SynchlibError
+    from .reports import read_manifest
+
+    tables, failures = [], []
+    for item in tqdm(read_manifest(manifest), desc="videos", disable=not progress):
+        try:
+            tables.append(sweep(model, item["video"], offsets, starts, progress=False, **kwargs))
+        except SynchlibError as e:
+            failures.append({"video": item["video"], "error": str(e)})
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=SWEEP_COLUMNS)
+    return table, pd.DataFrame(failures, columns=["video", "error"])
 
 
 def summarize(table: pd.DataFrame) -> dict[str, float]:

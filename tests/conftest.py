@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SYNCHLIB_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "parity"
-SAMPLES = REPO / "samples"
+SAMPLES = REPO / "synchlib" / "assets" / "samples"
 SAMPLE_A = SAMPLES / "3qesirWAGt4_20000_30000.mp4"
 SAMPLE_B = SAMPLES / "ZYc410CE4Rg_0_10000.mp4"
 RELEASED_ID = "24-01-04T16-39-21"

@@ -1,0 +1,98 @@
+"""Playable views of what the model saw and heard."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .preprocess import Clip
+
+PREVIEW_MIN_SIDE = 224  # small model inputs (the tiny model's 64 px) are upscaled so they can be seen
+
+
+def write_clip_video(clip: Clip, path: str | Path, *, fps: int | None = None, sample_rate: int | None = None) -> Path:
+    """Write the model's input window as an MP4: the cropped frames the segments use, with the *shifted* audio
+    that goes with them (the crop's samples aligned to the same frames). Returns ``path``."""
+    path = Path(path)
+    d = clip.decoded
+    fps = fps or int(round(d.fps if d else 25))
+    sr = sample_rate or (d.sample_rate if d else 16000)
+    frames = clip.frames  # (Tw, h, w, 3)
+    first = int(clip.frame_indices[0] - clip.window.v_start)  # frames skipped at the crop start (2)
+    a0 = int(round(first / fps * sr))
+    wave = clip.wave[a0 : a0 + int(round(len(frames) / fps * sr))].astype(np.float32)
+    scale = max(1, int(np.ceil(PREVIEW_MIN_SIDE / min(frames.shape[1:3]))))
+    h, w = frames.shape[1] * scale, frames.shape[2] * scale
+    with av.open(str(path), "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "fast", "threads": "1"})
+        vs.width, vs.height, vs.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+        aus = c.add_stream("aac", rate=sr, layout="mono")
+        for i, img in enumerate(frames):
+            big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+            big = np.pad(big, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(big), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+        for s in range(0, len(wave), 1024):
+            chunk = wave[None, s : s + 1024]
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout="mono")
+            f.sample_rate, f.pts, f.time_base = sr, s, Fraction(1, sr)
+            for p in aus.encode(f):
+                c.mux(p)
+        for p in aus.encode(None):
+            c.mux(p)
+    return path
+
+
+def show_clip(clip: Clip, path: str | Path = "model_input.mp4"):
+    """An IPython ``Video`` widget (embedded) of :func:`write_clip_video`'s output, for notebooks."""
+    from IPython.display import Video
+
+    return Video(str(write_clip_video(clip, path)), embed=True, mimetype="video/mp4")
+
+
+def offset_explorer(model, video, start_sec: float = 0.0):
+    """An ipywidgets slider over the offset grid: each move re-runs only the audio branch and the
+    synchronisation head (visual features are computed once, see :class:`synchlib.sweep.Predictor`).
+    Headless runs (papermill) just display nothing interactive."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from . import plot
+    from .predict import logits_to_prediction
+    from .preprocess import offset_class
+    from .sweep import Predictor
+
+    pr = Predictor(model).set_video(video)
+    grid = model.cfg.grid
+    step = float(grid[1] - grid[0]) if len(grid) > 1 else 0.2
+    slider = widgets.FloatSlider(value=0.0, min=float(grid[0]), max=float(grid[-1]), step=step,
+                                 description="offset (s)", continuous_update=False)
+    out = widgets.Output()
+
+    def show(change=None):
+        off = round(float(slider.value), 2)
+        with out:
+            out.clear_output(wait=True)
+            try:
+                logits = pr.logits([off], start_sec)[0]
+            except Exception as e:  # e.g. the shift does not fit the clip at this start
+                print(f"cannot shift by {off:+.2f} s here: {e}")
+                return
+            pred = logits_to_prediction(logits, grid, kind=model.cfg.sync.head,
+                                        target_class=offset_class(off, model.cfg.data),
+                                        injected_offset_sec=off, start_sec=start_sec)
+            fig = plot.probabilities(pred)
+            plt.show(fig)
+
+    slider.observe(show, names="value")
+    display(widgets.VBox([slider, out]))
+    show()
+    return slider
