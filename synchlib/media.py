@@ -96,3 +96,23 @@ def offset_explorer(model, video, start_sec: float = 0.0):
     display(widgets.VBox([slider, out]))
     show()
     return slider
+
+
+def write_thumbnail(video: str | Path, path: str | Path, at_sec: float = 1.0, height: int = 90) -> Path | None:
+    """A small PNG of the frame shown ``at_sec`` into ``video`` (the first frame if shorter); None if the file
+    cannot be decoded (callers such as batch reports treat thumbnails as optional)."""
+    try:
+        with av.open(str(video)) as c:
+            stream = c.streams.video[0]
+            chosen = None
+            for frame in c.decode(stream):
+                chosen = frame
+                if frame.time is not None and frame.time >= at_sec:
+                    break
+            if chosen is None:
+                return None
+            w = max(2, int(round(chosen.width * height / chosen.height)))
+            chosen.reformat(width=w, height=height, format="rgb24").to_image().save(str(path))
+            return Path(path)
+    except (av.error.FFmpegError, IndexError, OSError, ValueError):
+        return None

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from tqdm.auto import tqdm
 
 from .errors import SynchlibError
+from .media import write_thumbnail
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 STATUS_FILE = "status.json"
@@ -143,6 +144,7 @@ def _run_item(item: dict, notebook: Path, out_dir: Path, common: Mapping[str, An
         params = {**common, **item["params"], "video": item["video"]}
         ipynb, page = run_notebook(notebook, item_dir, params, kernel=kernel, progress=False)
         status.update(ok=True, report=str(page.relative_to(out_dir)), error="")
+        write_thumbnail(item["video"], item_dir / "thumbnail.png")
         result = item_dir / RESULT_FILE
         if result.is_file():
             status["result"] = json.loads(result.read_text())
