@@ -35,18 +35,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     probe(args.video)  # fail fast on unusable input, before loading (or downloading) a model
     model = load_model(args.checkpoint, device=args.device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every warning is also in pred.warnings, printed with the result
         pred = predict(model, args.video, offset_sec=args.offset_sec, start_sec=args.start_sec, k=args.k,
-                       audio_priming=args.audio_priming, precision=args.precision)
-    extra = [str(w.message) for w in caught if str(w.message) not in pred.warnings]
-    pred.warnings.extend(extra)
-    if args.json:
-        print(json.dumps(pred.to_dict()))
-    else:
-        print(pred)
-    for w in extra if not args.json else []:
-        print(f"  warning: {w}")
+                       audio_priming=args.audio_priming, precision=args.precision, pad=args.pad)
+    print(json.dumps(pred.to_dict()) if args.json else pred)
     return 0
 
 
@@ -132,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-sec", type=float, default=0.0, help="where the 4.8 s window starts")
     p.add_argument("-k", type=int, default=5, help="how many top offsets to list")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--pad", action="store_true",
+                   help="pad a clip shorter than the window (last frame repeated, silence) instead of failing; "
+                        "the result's warnings say so")
     _model_args(p)
     p.set_defaults(func=_cmd_predict)
 

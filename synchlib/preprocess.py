@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, DataConfig, load_config
-from .errors import ClipTooShortError, OffsetOutsideGridWarning
+from .errors import ClipTooShortError, OffsetOutsideGridWarning, UnreliableInputWarning
 from .io import AudioPriming, Decoded, read_video
 
 MEL_EPS = 1e-6  # added before the log
@@ -51,19 +51,25 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return round((height - size) / 2), round((width - size) / 2)
 
 
-def offset_class(offset_sec: float, data: DataConfig) -> int | None:
-    """Index of the grid offset nearest to ``offset_sec``; None (with a warning) outside the grid."""
+def grid_warning(offset_sec: float, data: DataConfig) -> str | None:
+    """Why ``offset_sec`` has no target class (it lies outside the offset grid), or None when it has one."""
     grid = data.grid
     half_step = (grid[1] - grid[0]) / 2 if len(grid) > 1 else 0.0
-    if offset_sec < grid[0] - half_step - 1e-9 or offset_sec > grid[-1] + half_step + 1e-9:
-        warnings.warn(
-            f"offset {offset_sec:+.2f} s lies outside the model's offset grid "
-            f"[{grid[0]:+.1f}, {grid[-1]:+.1f}] s: there is no target class and the prediction cannot be right",
-            OffsetOutsideGridWarning,
-            stacklevel=3,
-        )
+    if grid[0] - half_step - 1e-9 <= offset_sec <= grid[-1] + half_step + 1e-9:
         return None
-    return int(np.abs(grid - np.float32(offset_sec)).argmin())
+    return (
+        f"offset {offset_sec:+.2f} s lies outside the model's offset grid "
+        f"[{grid[0]:+.1f}, {grid[-1]:+.1f}] s: there is no target class and the prediction cannot be right"
+    )
+
+
+def offset_class(offset_sec: float, data: DataConfig) -> int | None:
+    """Index of the grid offset nearest to ``offset_sec``; None (with a warning) outside the grid."""
+    message = grid_warning(offset_sec, data)
+    if message:
+        warnings.warn(message, OffsetOutsideGridWarning, stacklevel=3)
+        return None
+    return int(np.abs(data.grid - np.float32(offset_sec)).argmin())
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def temporal_crop(
             f"the clip has {have:.2f} s of usable audio and video, but a {data.crop_len_sec:g} s window at "
             f"start {start_sec:g} s with offset {offset:+.2f} s needs {need:.2f} s"
             f"{f' (clips are cut to {data.clip_max_len_sec:g} s)' if need > data.clip_max_len_sec else ''}; "
-            "use an earlier start, a smaller offset, or a longer clip"
+            "use an earlier start, a smaller offset, or a longer clip, or pad it (pad=True, CLI --pad)"
         )
     return Window(v_start, a_start, v_len, a_len, offset, float(start_sec))
 
@@ -235,6 +241,7 @@ class Clip:
     audio_seg_starts: np.ndarray  # (S,) segment starts inside ``wave``
     grid: np.ndarray
     decoded: Decoded | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)  # why the answer may be unreliable (damage, padding, grid)
 
 
 def video_window(decoded: Decoded, start_sec: float, cfg: Config, n_frames: int | None = None) -> tuple[np.ndarray, np.ndarray, Tensor]:
@@ -263,12 +270,60 @@ def audio_window(decoded: Decoded, window: Window, cfg: Config) -> tuple[np.ndar
     return wave, log_mel(segs, data, cfg.audio.max_spec_t), astarts
 
 
-def clip_from_decoded(decoded: Decoded, cfg: Config, offset_sec: float = 0.0, start_sec: float = 0.0) -> Clip:
-    """Cut and prepare one window from already decoded streams (see :func:`load_clip`)."""
+def window_lengths(offset_sec: float, start_sec: float, data: DataConfig) -> tuple[int, int]:
+    """(video frames, audio samples) a clip needs so that :func:`equalify` keeps a window at ``start_sec`` with
+    the audio shifted by ``offset_sec`` (one frame of slack for the float arithmetic of :func:`equalify`)."""
+    offset = round(float(offset_sec), 2)
+    v_need = int(start_sec * data.vfps) + int(data.crop_len_sec * data.vfps)
+    a_need = max(0, int((start_sec + offset) * data.afps)) + int(data.crop_len_sec * data.afps)
+    frames = max(v_need, math.ceil(a_need * data.vfps / data.afps)) + 1
+    return frames, frames * (data.afps // data.vfps)
+
+
+def pad_for_window(decoded: Decoded, offset_sec: float, start_sec: float, data: DataConfig) -> tuple[Decoded, str | None]:
+    """Extend a clip too short for the window at its end: the last frame repeated, silence for the audio.
+
+    Returns the (new) decoded streams and a note saying what was added, or ``(decoded, None)`` when nothing was
+    missing. Windows that would need audio before the start of the file are not padded (that stays an error).
+    """
+    frames_needed, samples_needed = window_lengths(offset_sec, start_sec, data)
+    add_v = max(0, frames_needed - len(decoded.frames))
+    add_a = max(0, samples_needed - len(decoded.audio))
+    if not add_v and not add_a:
+        return decoded, None
+    frames = np.concatenate([decoded.frames, np.repeat(decoded.frames[-1:], add_v, axis=0)]) if add_v else decoded.frames
+    audio = np.concatenate([decoded.audio, np.zeros(add_a, np.float32)]) if add_a else decoded.audio
+    added = [f"the last frame repeated for {add_v / data.vfps:.2f} s"] * bool(add_v)
+    added += [f"{add_a / data.afps:.2f} s of silence"] * bool(add_a)
+    note = (
+        f"padded: the clip has {len(decoded.frames) / data.vfps:.2f} s of video and "
+        f"{len(decoded.audio) / data.afps:.2f} s of audio, the window needs "
+        f"{min_duration_sec(round(offset_sec, 2), start_sec, data):.2f} s; added {' and '.join(added)} at the "
+        "end, so the answer may be unreliable"
+    )
+    meta = {**decoded.meta, "padded_video_frames": add_v, "padded_audio_samples": add_a}
+    return replace(decoded, frames=frames, audio=audio, meta=meta), note
+
+
+def clip_from_decoded(
+    decoded: Decoded, cfg: Config, offset_sec: float = 0.0, start_sec: float = 0.0, *, pad: bool = False
+) -> Clip:
+    """Cut and prepare one window from already decoded streams (see :func:`load_clip`).
+
+    ``Clip.warnings`` collects why the answer may be unreliable: damage found while decoding (also emitted here
+    as :class:`UnreliableInputWarning`), padding, and an offset outside the grid (:class:`OffsetOutsideGridWarning`).
+    """
     data = cfg.data
+    notes = list(decoded.meta.get("notes", []))
+    if pad:
+        decoded, note = pad_for_window(decoded, offset_sec, start_sec, data)
+        notes += [note] if note else []
+    for note in notes:
+        warnings.warn(note, UnreliableInputWarning, stacklevel=3)
     n_frames, n_samples = equalify(len(decoded.frames), len(decoded.audio), data)
     window = temporal_crop(n_frames, n_samples, offset_sec, start_sec, data)
     target = offset_class(window.offset_sec, data)
+    outside = grid_warning(window.offset_sec, data)
     idx, frames, vid = video_window(decoded, start_sec, cfg, n_frames)
     wave, aud, astarts = audio_window(decoded, window, cfg)
     return Clip(
@@ -285,6 +340,7 @@ def clip_from_decoded(decoded: Decoded, cfg: Config, offset_sec: float = 0.0, st
         audio_seg_starts=astarts,
         grid=data.grid,
         decoded=decoded,
+        warnings=notes + ([outside] if outside else []),
     )
 
 
@@ -295,9 +351,14 @@ def load_clip(
     cfg: Config | str | None = None,
     *,
     audio_priming: AudioPriming = "drop",
+    pad: bool = False,
 ) -> Clip:
     """Decode ``path`` (normalising it if needed) and prepare the window at ``start_sec`` with the audio shifted
-    by ``offset_sec`` seconds (positive: audio early). ``cfg`` defaults to the released AudioSet model's."""
+    by ``offset_sec`` seconds (positive: audio early). ``cfg`` defaults to the released AudioSet model's.
+
+    A clip too short for the window raises :class:`ClipTooShortError`; with ``pad=True`` its end is padded
+    instead (last frame repeated, silence) and ``Clip.warnings`` says so.
+    """
     cfg = load_config(cfg if cfg is not None else "24-01-04T16-39-21")
     decoded = path if isinstance(path, Decoded) else read_video(path, cfg, audio_priming=audio_priming)
-    return clip_from_decoded(decoded, cfg, offset_sec, start_sec)
+    return clip_from_decoded(decoded, cfg, offset_sec, start_sec, pad=pad)
