@@ -49,10 +49,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .config import Config, DataConfig
 from .errors import MissingStreamError, VideoDecodeError, VideoNotFoundError
@@ -488,6 +489,12 @@ class MonoTrack:
         frame.sample_rate = self.src_rate
         self._chunks += [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
 
+    def take(self) -> np.ndarray:
+        """The samples resampled since the last call (float32), forgotten here: for streaming. :meth:`finish`
+        then returns only what came after the last call."""
+        chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+
     def finish(self) -> np.ndarray:
         """The whole track at ``rate`` (float32); empty when no frame was added."""
         if self._resampler is not None:
@@ -746,6 +753,30 @@ def timing_problems(
     return problems
 
 
+def _rgb_frames(frames: Iterator[av.VideoFrame], expected: int, path: Path) -> tuple[np.ndarray | None, list]:
+    """Decoded video frames -> (RGB (T, H, W, 3) uint8, presentation times (T,) in seconds or None).
+
+    Frames are converted one at a time into one array sized by the container's frame count (grown if that
+    count is low), so memory holds the RGB frames once, not also a list of decoded frames.
+    """
+    buf, n, times = None, 0, []
+    for f in frames:
+        img = f.to_ndarray(format="rgb24")
+        if buf is None:
+            buf = np.empty((max(int(expected or 0), 1), *img.shape), np.uint8)
+        elif img.shape != buf.shape[1:]:
+            raise VideoDecodeError(f"{path}: the picture size changes within the video; let synchlib "
+                                   "normalise it (read_video) or re-encode it to one size")
+        if n == len(buf):
+            buf = np.concatenate([buf, np.empty_like(buf)])
+        buf[n] = img
+        n += 1
+        times.append(None if f.time is None else float(f.time))
+    if buf is None:
+        return None, times
+    return (buf[:n] if n == len(buf) else buf[:n].copy()), times
+
+
 def decode(path: str | Path, *, audio_priming: AudioPriming = "drop") -> Decoded:
     """Decode a whole file as it is (no normalisation): RGB frames, mono audio, rates and start times.
 
@@ -759,12 +790,8 @@ def decode(path: str | Path, *, audio_priming: AudioPriming = "drop") -> Decoded
     with _open(path) as c:
         v, a = _streams(c, path)
         try:
-            vframes = [f for f in c.decode(v)]
-            if len({(f.width, f.height) for f in vframes}) > 1:
-                raise VideoDecodeError(f"{path}: the picture size changes within the video; let synchlib "
-                                       "normalise it (read_video) or re-encode it to one size")
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in vframes]) if vframes else None
-            video_start = float(vframes[0].time) if vframes and vframes[0].time is not None else 0.0
+            frames, vtimes = _rgb_frames(c.decode(v), expected=v.frames, path=path)
+            video_start = vtimes[0] if vtimes and vtimes[0] is not None else 0.0
             c.seek(0)
             if audio_priming == "keep":
                 a.codec_context.options = {"flags2": "skip_manual"}
@@ -779,7 +806,7 @@ def decode(path: str | Path, *, audio_priming: AudioPriming = "drop") -> Decoded
     if audio.size == 0:
         raise VideoDecodeError(f"{path}: the audio stream has no decodable samples")
     audio_start = float(aframes[0].time) if aframes[0].time is not None else 0.0
-    problems = timing_problems([None if f.time is None else float(f.time) for f in vframes], fps,
+    problems = timing_problems(vtimes, fps,
                                [None if f.time is None else float(f.time) for f in aframes],
                                [f.samples for f in aframes], sample_rate)
     return Decoded(
@@ -831,3 +858,241 @@ def read_video(
     decoded.meta.update(notes=list(report.get("notes", [])), audio_delay_sec=report.get("audio_delay_sec", 0.0),
                         normalised=target != path)
     return decoded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming: normalised frames and samples a piece at a time, for videos of any length
+#
+# The same rules as normalisation (frames picked by time on the fps grid, the short side scaled, rotation applied,
+# mono audio placed by its timestamps and started at the first video frame), without the H.264/AAC round trip and
+# without ever holding more than one source frame. A file that is already normalised streams exactly what
+# :func:`decode` (and so :func:`read_video`) gives.
+
+FrameFilter = Callable[[int], bool]
+
+
+def _clocked_frames(
+    container: av.container.InputContainer, stream, stats: dict[int, PacketStats], clock: FrameClock, frame_sec: float
+) -> Iterator[tuple[av.VideoFrame | None, int]]:
+    """Decoded frames of ``stream`` on ``clock``'s constant-rate grid, timestamps sorted (:class:`TimeSorter`):
+    (source frame, output ticks it fills), in order; 0 ticks is a dropped frame. ``frame_sec`` is the duration
+    of a frame without one (1 / the average rate). Packets that fail to decode leave the previous frame on screen."""
+    sorter = TimeSorter()
+    last_sec: float | None = None
+    for frame in _decode_packets(container, [stream], stats):
+        if isinstance(frame, LostPacket):
+            continue
+        t = float(frame.time) if frame.time is not None else (last_sec + frame_sec if last_sec is not None else 0.0)
+        if frame.duration and frame.time_base:
+            frame_sec = float(frame.duration * frame.time_base)
+        last_sec = t if last_sec is None else max(t, last_sec)
+        for t_sorted, item in sorter.push(t, frame):
+            yield clock.push(t_sorted, item)
+    for t_sorted, item in sorter.drain():
+        yield clock.push(t_sorted, item)
+    if last_sec is not None:
+        yield clock.finish(last_sec + frame_sec)
+
+
+def _rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int, reformatter: VideoReformatter) -> np.ndarray:
+    """A source frame as (h, w, 3) uint8 RGB at ``size`` (w, h), upright. A frame already at that size and upright
+    is converted as :func:`decode` does (no scaling); others are scaled bicubically and turned as :func:`_picture`.
+    ``reformatter`` keeps FFmpeg's conversion context between frames (same pixels as ``to_ndarray``, 3-6x faster)."""
+    if rotation == 0 and (frame.width, frame.height) == tuple(size):
+        return reformatter.reformat(frame, format="rgb24").to_ndarray()
+    w, h = size
+    sw, sh = (h, w) if rotation in (90, 270) else (w, h)
+    img = reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    return np.ascontiguousarray(rotate_clockwise(img, rotation))
+
+
+def _center_box(size: tuple[int, int], crop: int) -> tuple[slice, slice]:
+    """(rows, columns) of the centred ``crop`` x ``crop`` square in a (w, h) picture, as the model's crop."""
+    from .preprocess import center_crop_box  # preprocess imports this module
+
+    top, left = center_crop_box(size[1], size[0], crop)
+    return slice(top, top + crop), slice(left, left + crop)
+
+
+def _stream_notes(path: Path, stats: dict[int, PacketStats], kinds: dict[int, str], decoded_sec: float) -> list[str]:
+    """Damage and read-error notes of a streamed file (raises when a stream is mostly undecodable). An end before
+    the header's duration is left to the caller, who knows both streams' lengths (:func:`ending_notes`)."""
+    read_error = stats[-1].error if -1 in stats else ""
+    return _damage_notes(path, stats, kinds) + (_ending_notes(0.0, decoded_sec, read_error) if read_error else [])
+
+
+def ending_notes(header_sec: float, decoded_sec: float) -> list[str]:
+    """A note when the streams (``decoded_sec``, the longer one) end well before the header's duration."""
+    return _ending_notes(header_sec, decoded_sec)
+
+
+def iter_video(
+    path: str | Path,
+    data: DataConfig,
+    *,
+    crop: bool = True,
+    wanted: FrameFilter | None = None,
+    notes: list[str] | None = None,
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Stream the frames of ``path`` at ``data.vfps`` as normalisation places them: ``(index, frame)`` pairs, frame
+    (h, w, 3) uint8 RGB.
+
+    Frames are picked by timestamp (:class:`FrameClock`, the rule of FFmpeg's ``fps`` filter), turned upright, the
+    short side scaled (bicubic) to ``data.size_before_crop``; with ``crop`` only the model's centred
+    ``data.input_size`` square is kept (a copy: the full frame is dropped at once). A file already at that size,
+    upright, is converted without scaling, so a normalised file gives bit for bit ``decode(path).frames`` (cropped).
+    Other files skip the H.264 round trip of :func:`normalise`, so they differ from :func:`read_video` by that
+    re-encoding's loss only.
+
+    ``wanted(index)`` False: the frame is not converted and comes as ``(index, None)`` (cheap; decoding cannot be
+    skipped). A frame repeated by the clock is the same array each time: do not modify frames in place. Damage
+    (packets that failed to decode, an early end) is appended to ``notes`` when the stream ends; more than half the
+    packets failing raises :class:`VideoDecodeError` then. Memory: one source frame, one converted frame.
+    """
+    path = Path(path)
+    info = probe(path)
+    size = target_size(*info.display_size, data.size_before_crop)
+    box = _center_box(size, data.input_size) if crop else None
+    index = 0
+    reformatter = VideoReformatter()
+    with _open(path) as c:
+        vin, _ = _streams(c, path)
+        vin.thread_type = "AUTO"  # frame/slice threads: same pictures, faster for large frames
+        kinds = {vin.index: "video"}
+        stats = {vin.index: PacketStats()}
+        for frame, count in _clocked_frames(c, vin, stats, FrameClock(data.vfps), 1.0 / (info.fps or data.vfps)):
+            img = None
+            for _ in range(count):
+                if wanted is not None and not wanted(index):
+                    yield index, None
+                else:
+                    if img is None:
+                        img = _rgb(frame, size, info.rotation, reformatter)
+                        img = np.ascontiguousarray(img[box]) if box is not None else img
+                    yield index, img
+                index += 1
+    if index == 0:
+        raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
+    if notes is not None:
+        notes += _stream_notes(path, stats, kinds, index / data.vfps)
+
+
+def first_frame_time(path: str | Path, data: DataConfig) -> float:
+    """Presentation time (s) of the first video frame as normalisation's clock takes it (the earliest of the first
+    timestamps, see :class:`TimeSorter`): where the streamed audio starts."""
+    path = Path(path)
+    with _open(path) as c:
+        vin, _ = _streams(c, path)
+        clock = FrameClock(data.vfps)
+        for _ in _clocked_frames(c, vin, {vin.index: PacketStats()}, clock, 1.0 / data.vfps):
+            break
+    if clock.t0 is None:
+        raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
+    return clock.t0
+
+
+def _audio_only_stream(container: av.container.InputContainer, path: Path):
+    """The first audio stream of any file (audio-only files included)."""
+    if not container.streams.audio:
+        held = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+        raise MissingStreamError(f"{path} has no audio stream (it holds: {held}); give a file with sound")
+    return container.streams.audio[0]
+
+
+def _mono_chunks(
+    container: av.container.InputContainer, stream, track: MonoTrack, stats: dict[int, PacketStats]
+) -> Iterator[np.ndarray]:
+    """The samples of ``stream`` as ``track`` makes them (mono, resampled, gaps silent), chunk by chunk."""
+    for frame in _decode_packets(container, [stream], stats):
+        if isinstance(frame, LostPacket):
+            track.lose(frame.duration_sec)
+        else:
+            track.add(frame)
+        chunk = track.take()
+        if len(chunk):
+            yield chunk
+    chunk = track.finish()
+    if len(chunk):
+        yield chunk
+
+
+def _aligned(chunks: Iterator[np.ndarray], shift: Callable[[], int]) -> Iterator[np.ndarray]:
+    """``chunks`` started ``shift()`` samples later (silence first) or, when negative, that many samples earlier
+    (dropped); ``shift`` is asked once, after the first chunk arrived."""
+    drop = None
+    for chunk in chunks:
+        if drop is None:
+            n = shift()
+            if n > 0:
+                yield np.zeros(n, np.float32)
+            drop = max(0, -n)
+        if drop:
+            chunk, drop = chunk[drop:], max(0, drop - len(chunk))
+        if len(chunk):
+            yield chunk
+
+
+def iter_audio(
+    path: str | Path,
+    data: DataConfig,
+    *,
+    video_start_sec: float | None = None,
+    audio_priming: AudioPriming = "drop",
+    notes: list[str] | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream the sound of ``path`` as normalisation makes it: float32 (n,) chunks of one mono track at
+    ``data.afps`` (mean over channels, FFmpeg's swresample, silence for timestamp gaps and undecodable packets).
+
+    The track starts at the first video frame (``video_start_sec``, found with :func:`first_frame_time` when
+    None): audio that starts later is preceded by silence, audio before it is dropped. A file that is already
+    normalised is taken as it is (as :func:`read_video` does: no shift), so it gives exactly ``decode(path).audio``.
+    Damage and gaps are appended to ``notes`` at the end. Memory: a few decoded frames.
+    """
+    if audio_priming not in AUDIO_PRIMING_OPTIONS:
+        raise ValueError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
+    path = Path(path)
+    info = probe(path)
+    as_is = is_normalised(info, data)
+    if not as_is and video_start_sec is None:
+        video_start_sec = first_frame_time(path, data)
+    track = MonoTrack(data.afps)
+    placed = 0
+
+    def shift() -> int:
+        return 0 if as_is else round((track.start_sec - video_start_sec) * data.afps)
+
+    with _open(path) as c:
+        _, ain = _streams(c, path)
+        if audio_priming == "keep":
+            ain.codec_context.options = {"flags2": "skip_manual"}
+        kinds = {ain.index: "audio"}
+        stats = {ain.index: PacketStats()}
+        for chunk in _aligned(_mono_chunks(c, ain, track, stats), shift):
+            placed += len(chunk)
+            yield chunk
+    if not placed:
+        raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
+    if notes is not None:
+        notes += _stream_notes(path, stats, kinds, placed / data.afps)
+        if track.gap_sec > AUDIO_GAP_SEC:
+            notes.append(f"the audio has gaps ({track.gap_sec:.2f} s in all) that were filled with silence: the "
+                         "recording dropped sound or the file is damaged, so the answer may be unreliable there")
+
+
+def read_audio(path: str | Path, rate: int) -> np.ndarray:
+    """The first audio stream of any file (wav, flac, m4a, mp3, or a video) as one mono float32 (N,) track at
+    ``rate`` Hz: mean over channels, FFmpeg's swresample, silence for gaps. It starts at its first sample (its
+    start time is not used: the track is taken to start with the video it goes with)."""
+    path = Path(path)
+    track = MonoTrack(rate)
+    with _open(path) as c:
+        if _not_a_video(c) == "a text file":
+            raise VideoDecodeError(f"{path} is a text file, not audio; give a wav, flac, m4a, mp3 or video file")
+        stream = _audio_only_stream(c, path)
+        kinds = {stream.index: "audio"}
+        stats = {stream.index: PacketStats()}
+        chunks = list(_mono_chunks(c, stream, track, stats))
+    _damage_notes(path, stats, kinds)  # raises when the stream is mostly undecodable
+    if not chunks:
+        raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
+    return np.concatenate(chunks)

@@ -113,8 +113,9 @@ def input_warnings(clip: Clip) -> list[str]:
     out = []
     if float(np.sqrt(np.mean(np.square(clip.wave, dtype=np.float64)))) < SILENT_RMS:
         out.append("the audio in this window is silent: there is nothing to synchronise with")
-    frames = clip.frames.astype(np.int16)
-    if len(frames) > 1 and float(np.abs(np.diff(frames, axis=0)).mean()) < STILL_PIXEL_DELTA:
+    f = clip.frames
+    motion = [np.abs(f[i + 1].astype(np.int16) - f[i]).mean() for i in range(len(f) - 1)]
+    if motion and float(np.mean(motion)) < STILL_PIXEL_DELTA:
         out.append("the picture in this window does not move: there are no visual events to synchronise with")
     return out
 
@@ -214,14 +215,17 @@ def predict(
     clip = video if isinstance(video, Clip) else load_clip(
         video, offset_sec, start_sec, model.cfg, audio_priming=audio_priming, pad=pad
     )
+    name = str(video) if isinstance(video, (str, Path)) else (str(clip.decoded.source.path) if clip.decoded else "")
+    meta = clip_meta(clip)
+    found = input_warnings(clip)
+    if not isinstance(video, (Clip, Decoded)):
+        clip.decoded = None  # the whole decoded file is ours and no longer needed: free it before the forward pass
     device = model.device
     with autocast(device, precision):
         logits = model(clip.vid[None].to(device), clip.aud[None].to(device))[0]
-    name = str(video) if isinstance(video, (str, Path)) else (str(clip.decoded.source.path) if clip.decoded else "")
     pred = clip_prediction(logits, clip, model.cfg.sync.head, k=k, video=name)
-    found = input_warnings(clip)
     for w in found:
         warnings.warn(w, UnreliableInputWarning, stacklevel=2)
     pred.warnings = [*clip.warnings, *found]
-    pred.meta = {**clip_meta(clip), "device": str(device), "precision": precision, "model": model.cfg.name}
+    pred.meta = {**meta, "device": str(device), "precision": precision, "model": model.cfg.name}
     return pred

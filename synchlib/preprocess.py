@@ -3,7 +3,7 @@
 Order (each step is one function below): equalise the stream lengths from the right (:func:`equalify`),
 centre-crop the frames (:func:`center_crop_box`), cut a ``crop_len_sec`` window with the audio shifted by the
 offset (:func:`temporal_crop`), split it into overlapping segments (:func:`segment_layout`), turn frames into the
-model's input through the fp16 normalisation table (:func:`rgb_lut`), and the audio into normalised log-mel
+model's input through the reference's fp16 normalisation (:func:`frames_to_input`), and the audio into normalised log-mel
 spectrograms (:func:`log_mel`). :func:`load_clip` runs all of them on a file.
 
 Sign convention: a positive offset means the audio crop starts later in the source than the video crop, i.e.
@@ -142,25 +142,24 @@ def segment_layout(data: DataConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
 # Values
 
 
-@lru_cache(maxsize=8)
-def rgb_lut(mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> Tensor:
-    """(3, 256) float32: the model input value of each uint8 level per channel.
-
-    The reference converts frames to fp16, divides by 255 and normalises in fp16; a table reproduces that
-    exactly and costs one gather per pixel.
-    """
-    u = torch.arange(256, dtype=torch.float16)[None] / 255  # (1, 256) fp16
-    m = torch.tensor(mean, dtype=torch.float16)[:, None]
-    s = torch.tensor(std, dtype=torch.float16)[:, None]
-    return ((u - m) / s).float()
-
-
 def frames_to_input(frames: np.ndarray | Tensor, data: DataConfig) -> Tensor:
-    """uint8 frames (..., H, W, 3) -> float32 (..., 3, H, W) through :func:`rgb_lut`."""
-    x = torch.as_tensor(frames).long()
-    lut = rgb_lut(tuple(data.rgb_mean), tuple(data.rgb_std))
-    out = torch.stack([lut[c][x[..., c]] for c in range(3)], dim=-3)
-    return out
+    """uint8 frames (..., H, W, 3) -> float32 (..., 3, H, W), computed as the reference does: in fp16,
+    ``x / 255``, then ``(x - mean) / std`` with fp16 mean and std, then cast to float32."""
+    x = torch.as_tensor(frames).movedim(-1, -3).half() / 255  # (..., 3, H, W) fp16
+    mean = torch.tensor(data.rgb_mean, dtype=torch.float16)[:, None, None]
+    std = torch.tensor(data.rgb_std, dtype=torch.float16)[:, None, None]
+    return ((x - mean) / std).float()
+
+
+def rgb_lut(data: DataConfig) -> Tensor:
+    """(3, 256) float32: the model input value of each uint8 level per channel (:func:`frames_to_input` of 0..255)."""
+    levels = torch.arange(256, dtype=torch.uint8)[:, None, None, None].expand(256, 1, 1, 3)  # 256 one-pixel frames
+    return frames_to_input(levels, data)[:, :, 0, 0].T.contiguous()
+
+
+def segment_view(x: Tensor, data: DataConfig) -> Tensor:
+    """(Tw, 3, H, W) frames -> (S, T, 3, H, W) overlapping segments, as a view (no copy)."""
+    return x.unfold(0, data.segment_size_vframes, data.step_vframes).permute(0, 4, 1, 2, 3)
 
 
 @lru_cache(maxsize=8)
@@ -249,14 +248,12 @@ def video_window(decoded: Decoded, start_sec: float, cfg: Config, n_frames: int 
     data = cfg.data
     n_frames = len(decoded.frames) if n_frames is None else n_frames
     v_start = int(start_sec * data.vfps)
-    vstarts, _, v0, _ = segment_layout(data)
+    _, _, v0, _ = segment_layout(data)
     idx = v_start + v0 + np.arange(data.window_vframes)
     H, W = decoded.frames.shape[1:3]
     top, left = center_crop_box(H, W, data.input_size)
     frames = decoded.frames[idx, top : top + data.input_size, left : left + data.input_size]
-    x = frames_to_input(np.ascontiguousarray(frames), data)  # (Tw, 3, h, w)
-    rel = vstarts - v0
-    vid = torch.stack([x[r : r + data.segment_size_vframes] for r in rel])
+    vid = segment_view(frames_to_input(np.ascontiguousarray(frames), data), data)  # (S, T, 3, h, w) view
     return idx, frames, vid
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from .errors import ClipTooShortError
 from .io import AudioPriming, Decoded, read_video
@@ -138,6 +140,8 @@ class Predictor:
                 f"max(start, start + offset) + {data.crop_len_sec:g} s",
                 stacklevel=2,
             )
+        import pandas as pd  # imported on use: keeps `import synchlib` light (peak memory of a prediction)
+
         return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 
     def fits(self, offset_sec: float, start_sec: float) -> bool:
@@ -191,6 +195,8 @@ def sweep_manifest(
             tables.append(sweep(model, item["video"], offsets, starts, progress=False, **kwargs))
         except SynchlibError as e:
             failures.append({"video": item["video"], "error": str(e)})
+    import pandas as pd
+
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=SWEEP_COLUMNS)
     return table, pd.DataFrame(failures, columns=["video", "error"])
 

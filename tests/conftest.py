@@ -56,3 +56,5 @@ def detweights_model(detweights_state_dict):
     model = build_model(RELEASED_ID, device="meta")
     model.load_state_dict(detweights_state_dict, assign=True)
     return model.eval()
+
+collect_ignore = ["data"]  # notebooks used as test inputs, not goldens

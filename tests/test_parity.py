@@ -16,7 +16,7 @@ import torch
 
 from synchlib.config import load_config
 from synchlib.model import build_model
-from synchlib.preprocess import frames_to_input, load_clip, log_mel, rgb_lut
+from synchlib.preprocess import load_clip, log_mel, rgb_lut
 
 from .conftest import RELEASED_ID, SAMPLE_A, SAMPLE_B
 
@@ -50,7 +50,7 @@ def clips():
 
 def test_rgb_table_matches_reference_fp16_path(parity_dir):
     g, _ = golden(parity_dir, "A")
-    table = rgb_lut()
+    table = rgb_lut(load_config(RELEASED_ID).data)
     assert torch.equal(table[0], torch.from_numpy(g["u8_to_input_lut"]))
     assert torch.equal(table[0], table[1]) and torch.equal(table[1], table[2])
 

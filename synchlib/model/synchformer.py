@@ -30,7 +30,7 @@ class Synchformer(nn.Module):
         self.vproj = nn.Linear(cfg.visual.dim, cfg.sync.dim)
         self.aproj = nn.Linear(cfg.audio.dim, cfg.sync.dim)
         self.transformer = GlobalTransformer(cfg.sync)
-        self.segment_chunk = 4  # segments per visual forward; bounds peak memory, does not change results
+        self.segment_chunk = 2  # segments per visual forward; bounds peak memory, does not change results
 
     @property
     def device(self) -> torch.device:
@@ -41,12 +41,17 @@ class Synchformer(nn.Module):
         return self.vproj.weight.dtype
 
     def extract_vfeats(self, vid: Tensor) -> Tensor:
-        """vid (B, S, T, 3, H, W) -> vfeats (B, S, t, D); segments run in chunks of ``segment_chunk``."""
+        """vid (B, S, T, 3, H, W) -> vfeats (B, S, t, D).
+
+        Segments run ``segment_chunk`` at a time, gathered from ``vid`` per chunk, so ``vid`` may be a strided
+        view of overlapping segments (as :func:`synchlib.preprocess.load_clip` makes it) and is never copied whole.
+        """
         B, S = vid.shape[:2]
-        flat = vid.flatten(0, 1)
+        pairs = [(b, s) for b in range(B) for s in range(S)]
+        step = max(1, self.segment_chunk)
         chunks = [
-            self.vfeat_extractor(flat[i : i + self.segment_chunk, None])
-            for i in range(0, B * S, max(1, self.segment_chunk))
+            self.vfeat_extractor(torch.stack([vid[b, s] for b, s in pairs[i : i + step]])[:, None])
+            for i in range(0, len(pairs), step)
         ]
         return torch.cat(chunks, dim=0).view(B, S, *chunks[0].shape[2:])
 
