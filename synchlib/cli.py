@@ -1,4 +1,5 @@
-"""The ``synchlib`` command line: ``predict``, ``sweep``, ``fetch``, ``synth``, ``train-tiny``, ``run``, ``report``.
+"""The ``synchlib`` command line: ``predict``, ``sweep``, ``timeline``, ``desync``, ``fetch``, ``synth``,
+``train-tiny``, ``run``, ``report``.
 
 Errors that synchlib raises on purpose (bad input, missing files, failed downloads) print one line on stderr and
 exit with code 2; no traceback.
@@ -115,6 +116,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report_cli(args)
 
 
+def _add_desync(p: argparse.ArgumentParser) -> None:
+    from .desync import add_desync_arguments
+
+    add_desync_arguments(p)
+
+
+def _cmd_desync(args: argparse.Namespace) -> int:
+    from .desync import run_desync
+
+    return run_desync(args)
+
+
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    from . import load_model
+    from .io import probe
+    from .timeline import offset_over_time, summarize_timeline
+
+    probe(args.video)
+    model = load_model(args.checkpoint, device=args.device)
+    table = offset_over_time(model, args.video, hop_sec=args.hop_sec, start_sec=args.start_sec,
+                             end_sec=args.end_sec, precision=args.precision, audio_priming=args.audio_priming)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    print(table.to_string(index=False))
+    print(json.dumps(summarize_timeline(table), default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("timeline", help="offset over time on a long video (sliding windows, streaming decode)")
+    p.add_argument("video")
+    p.add_argument("--hop-sec", type=float, default=None, help="window hop (default 1.28 s: segments are shared)")
+    p.add_argument("--start-sec", type=float, default=0.0)
+    p.add_argument("--end-sec", type=float, default=None)
+    p.add_argument("--csv", type=Path, help="also write the table here")
+    _model_args(p)
+    p.set_defaults(func=_cmd_timeline)
+
     p = sub.add_parser("fetch", help="download and verify a released checkpoint into the cache")
     p.add_argument("id")
     p.set_defaults(func=_cmd_fetch)
@@ -148,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train-tiny", "train the tiny Synchformer on synthetic clips (CPU)", _add_train, _cmd_train),
         ("run", "execute a notebook headless with papermill and write an HTML report", _add_run, _cmd_run),
         ("report", "run a notebook for every video of a manifest (batch reports)", _add_report, _cmd_report),
+        ("desync", "DeSync metric of (video, audio) pairs: mean |offset| of the first and last window", _add_desync,
+         _cmd_desync),
     ]
     for name, help_, add, cmd in lazy:
         p = sub.add_parser(name, help=help_)

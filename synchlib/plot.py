@@ -187,6 +187,42 @@ def learning_curve(curve: Sequence[dict], ax=None):
     return fig
 
 
+def offset_timeline(df: pd.DataFrame, confident_p: float = 0.5, grid: np.ndarray | None = None):
+    """Offset and confidence over time for a :func:`synchlib.timeline.offset_over_time` table.
+
+    Top: the predicted offset of each window at its centre time, confident windows (``p >= confident_p``) filled,
+    the others hollow, with the median of the confident ones dashed. Bottom: ``p`` of each window and the
+    ``confident_p`` line. ``grid`` (the offset classes) sets the y-limits (default: +-2 s).
+    """
+    from .timeline import summarize_timeline
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    t, off, p = df["center_sec"].to_numpy(float), df["predicted_offset_sec"].to_numpy(float), df["p"].to_numpy(float)
+    sure = p >= confident_p
+    top.plot(t, off, color="0.75", lw=0.8, zorder=1)
+    top.scatter(t[sure], off[sure], color=PRED_COLOUR, s=16, zorder=2, label=f"p >= {confident_p:g}")
+    top.scatter(t[~sure], off[~sure], facecolors="none", edgecolors=PRED_COLOUR, s=16, zorder=2, label=f"p < {confident_p:g}")
+    summary = summarize_timeline(df, confident_p)
+    if summary["n_confident"]:
+        top.axhline(summary["median_offset_sec"], color=TARGET_COLOUR, ls="--", lw=1,
+                    label=f"median {summary['median_offset_sec']:+.2f} s")
+    lim = float(np.max(np.abs(grid))) if grid is not None and len(grid) else 2.0
+    top.axhline(0.0, color="0.3", lw=0.6)
+    top.set_ylim(-lim - 0.2, lim + 0.2)
+    top.set_ylabel("offset (s, + = audio early)")
+    drift = summary["drift_sec_per_min"]
+    top.set_title(f"{summary['n_windows']} windows, {summary['confident_share']:.0%} confident"
+                  + (f", drift {drift:+.3f} s/min" if np.isfinite(drift) else ""))
+    top.legend(loc="upper right", fontsize=8)
+    bottom.plot(t, p, "o-", color="tab:blue", ms=3, lw=0.8)
+    bottom.axhline(confident_p, color="0.5", ls=":", lw=1)
+    bottom.set_ylim(0, 1.02)
+    bottom.set_ylabel("p (top-1)")
+    bottom.set_xlabel("time (s, window centre)")
+    fig.tight_layout()
+    return fig
+
+
 def _fig_ax(ax, size):
     if ax is None:
         fig, ax = plt.subplots(figsize=size)

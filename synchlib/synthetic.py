@@ -773,6 +773,66 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int,
         container.mux(sound.encode())
 
 
+def write_looped_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    audio: np.ndarray,
+    duration_sec: float,
+    fps: int = DEFAULT_FPS,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    *,
+    frame_size: tuple[int, int] | None = None,
+    video_options: dict[str, str] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Encode a rendered clip (``frames`` (T, H, W, 3) uint8, ``audio`` (N,) float32 mono, T / fps = N / sample_rate)
+    played in a loop for ``duration_sec`` into an H.264 + AAC ``.mp4``, frame by frame: memory stays that of the
+    loop, whatever the duration (no :data:`MAX_DURATION_SEC` limit). For long-video tests and benchmarks.
+
+    ``frame_size`` (w, h): each frame is scaled (bicubic) to it before encoding (e.g. (1920, 1080), to measure
+    decoding cost); ``video_options`` replace :data:`VIDEO_OPTIONS` (e.g. more x264 threads for large frames).
+    """
+    import av
+    from tqdm.auto import tqdm
+
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    width, height = frame_size or (frames.shape[2], frames.shape[1])
+    if frames.ndim != 4 or frames.shape[-1] != 3 or width % 2 or height % 2:
+        raise SyntheticError(f"frames must be uint8 (T, H, W, 3) with an even output size, got {frames.shape} -> {width}x{height}")
+    n_frames = int(round(duration_sec * fps))
+    per_frame = sample_rate / fps
+    n_samples = int(round(n_frames * per_frame))
+    with av.open(str(path), mode="w", format="mp4") as container:
+        video = container.add_stream(VIDEO_CODEC, rate=fps, options=dict(video_options or VIDEO_OPTIONS))
+        video.width, video.height, video.pix_fmt = width, height, VIDEO_PIX_FMT
+        video.codec_context.gop_size = GOP_SEC * fps
+        sound = container.add_stream(AUDIO_CODEC, rate=sample_rate, layout="mono", options=dict(AUDIO_OPTIONS))
+        sound.bit_rate = AUDIO_BIT_RATE
+        written = 0
+
+        def encode_audio_until(end: int) -> None:
+            nonlocal written
+            while written < end:
+                idx = np.arange(written, min(written + AUDIO_CHUNK, end)) % len(audio)
+                frame = av.AudioFrame.from_ndarray(audio[idx][None, :], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = sample_rate, written, Fraction(1, sample_rate)
+                container.mux(sound.encode(frame))
+                written += len(idx)
+
+        for i in tqdm(range(n_frames), desc="writing looped clip", unit="frame", disable=not progress):
+            frame = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
+            if frame_size is not None:
+                frame = frame.reformat(width=width, height=height, format=VIDEO_PIX_FMT, interpolation="BICUBIC")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+            encode_audio_until(min(n_samples, int((i + 1) * per_frame) // AUDIO_CHUNK * AUDIO_CHUNK))
+        container.mux(video.encode())
+        encode_audio_until(n_samples)
+        container.mux(sound.encode())
+    return Path(path)
+
+
 def _write_sidecar(info: ClipInfo) -> Path:
     """Write ``<stem>.events.json`` next to ``info.path``; returns its path."""
     side = sidecar_path(info.path)
