@@ -1,0 +1,838 @@
+"""Train the tiny Synchformer on synthetic clips, on the CPU.
+
+The data are real files: :mod:`synchlib.synthetic` writes H.264 + AAC ``.mp4`` clips, :func:`synchlib.io.read_video`
+decodes them and every training and evaluation window goes through the inference pipeline
+(:func:`synchlib.preprocess.clip_from_decoded`), so the model learns exactly what ``predict`` later feeds it.
+Decoded clips are kept in memory; windows are drawn at random (clip, start time, offset from the grid).
+
+One stage, end to end: the feature extractors and the synchronisation module are trained together with
+cross-entropy on the offset class (the reference trains in two stages; see :func:`pretrain_contrastive` and the
+comparison in the training record). AdamW, linear warm-up then cosine decay, gradient clipping, seeded and
+deterministic data order.
+
+>>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 6 minutes on 2 cores)
+>>> record = train_short()                                 # doctest: +SKIP  (< 1.5 min, for a notebook)
+>>> [(p["step"], p["loss"]) for p in record["curve"]]      # doctest: +SKIP
+
+Seeds: training clip ``i`` uses ``synthetic.dataset_seed(seed, i)``; held-out clips use indices from
+:data:`EVAL_INDEX0` and tests from :data:`TEST_INDEX0`, so the three sets never share a clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import synthetic
+from .config import Config, load_config
+from .errors import SynchlibError
+from .io import Decoded, read_video
+from .model import Synchformer, build_model
+from .preprocess import Clip, clip_from_decoded, equalify, segment_layout
+
+CONFIG_NAME = "tiny-synthetic"
+MODEL_TYPE = "Synchformer"
+EVAL_INDEX0 = 50_000  # held-out clips: dataset_seed(seed, EVAL_INDEX0 + i)
+TEST_INDEX0 = 90_000  # clips for tests and demos: dataset_seed(seed, TEST_INDEX0 + i)
+MAX_TRAIN_CLIPS = EVAL_INDEX0
+START_MARGIN_SEC = 1e-3  # keeps sampled windows clear of the clip ends despite float rounding
+START_DECIMALS = 3  # sampled start times are rounded to a millisecond
+EVAL_BATCH = 32
+TRAIN_SEGMENT_CHUNK = 10**6  # run all segments of a batch in one visual forward (memory is no issue here)
+
+
+class TrainError(SynchlibError, ValueError):
+    """Bad training arguments."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines a training run (recorded in the JSON record)."""
+
+    config: str = CONFIG_NAME
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_frac: float = 0.02  # cosine decays to lr * min_lr_frac
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    n_train_clips: int = 120
+    n_eval_clips: int = 40
+    n_eval_windows: int = 210
+    eval_every: int = 50
+    n_curve_windows: int = 63  # held-out windows per learning-curve point (the final point uses n_eval_windows)
+    clip_duration_sec: float = synthetic.DEFAULT_DURATION_SEC
+    threads: int = 2
+    workers: int = 2  # processes generating and decoding clips
+    pretrain_steps: int = 0  # > 0: two-stage training (contrastive pre-training, then frozen extractors)
+    pretrain_lr: float = 2e-3
+    temperature: float = 0.07
+    init: str = "random"  # "random" (the model's own initialisation) or "lag-bank" (experimental, see init_lag_bank)
+    event_weight: float = 1.0  # weight of the auxiliary event-detection loss (lag-bank init only; 0 turns it off)
+
+
+INITS = ("lag-bank", "random")
+SHORT = dict(steps=60, n_train_clips=12, n_eval_clips=6, n_eval_windows=48, eval_every=20, n_curve_windows=24,
+             warmup_steps=10, batch_size=8)
+"""Overrides for a short run (a teaching notebook): about a minute on 2 cores, far from converged."""
+
+
+def check_settings(s: TrainSettings) -> None:
+    """Raise :class:`TrainError` for settings that cannot work."""
+    positive = ("steps", "batch_size", "n_train_clips", "n_eval_clips", "n_eval_windows", "eval_every",
+                "n_curve_windows", "threads", "workers")
+    for name in positive:
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainError(f"{name} must be a positive integer, got {value!r}")
+    if s.n_train_clips > MAX_TRAIN_CLIPS:
+        raise TrainError(f"n_train_clips must be at most {MAX_TRAIN_CLIPS} (held-out seeds start there)")
+    if s.seed < 0:
+        raise TrainError(f"seed must be >= 0, got {s.seed}")
+    if not (s.lr > 0 and 0 <= s.min_lr_frac <= 1 and s.weight_decay >= 0 and s.grad_clip > 0):
+        raise TrainError("lr and grad_clip must be > 0, min_lr_frac in [0, 1], weight_decay >= 0")
+    if s.init not in INITS:
+        raise TrainError(f"init must be one of {INITS}, got {s.init!r}")
+    if s.warmup_steps < 0 or s.pretrain_steps < 0:
+        raise TrainError("warmup_steps and pretrain_steps must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data: synthetic files, decoded once
+
+
+def clip_seeds(seed: int, n: int, first_index: int = 0) -> list[int]:
+    """Seeds of ``n`` synthetic clips: ``dataset_seed(seed, first_index + i)``."""
+    return [synthetic.dataset_seed(seed, first_index + i) for i in range(n)]
+
+
+def _synth_and_decode(path: str, clip_seed: int, duration_sec: float, cfg: Config) -> Decoded:
+    """Write synthetic clip ``clip_seed`` to ``path`` and decode it through :func:`read_video` (worker task).
+
+    The paired event times (s) from the clip's sidecar go to ``decoded.meta["av_events"]``.
+    """
+    synthetic.make_clip(path, clip_seed, duration_sec=duration_sec, size=cfg.data.size_before_crop,
+                        fps=cfg.data.vfps, sample_rate=cfg.data.afps)
+    decoded = read_video(path, cfg)
+    decoded.meta["av_events"] = tuple(synthetic.read_events(path).av_events)
+    decoded.meta["seed"] = int(clip_seed)
+    return decoded
+
+
+def synth_clips(
+    seeds: Sequence[int],
+    cfg: Config,
+    *,
+    duration_sec: float = synthetic.DEFAULT_DURATION_SEC,
+    out_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    desc: str = "synth clips",
+) -> list[Decoded]:
+    """Generate, encode and decode one synthetic clip per seed; returns the decoded clips in seed order.
+
+    Files go to ``out_dir`` (a temporary folder, removed afterwards, when None). With ``workers > 1`` clips are
+    made in that many processes. Each :class:`Decoded` holds frames (T, H, W, 3) uint8 and audio (N,) float32.
+    """
+    from tqdm.auto import tqdm
+
+    with tempfile.TemporaryDirectory(prefix="synchlib-train-") as tmp:
+        folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks = [(str(folder / f"synth_{s:07d}.mp4"), int(s), float(duration_sec), cfg) for s in seeds]
+        bar = tqdm(total=len(tasks), desc=desc, unit="clip", disable=not progress)
+        if workers <= 1 or len(tasks) <= 1:
+            out = []
+            for task in tasks:
+                out.append(_synth_and_decode(*task))
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            # fork (where there is one) needs no importable __main__; workers only run numpy and PyAV
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
+                futures = [pool.submit(_synth_and_decode, *task) for task in tasks]
+                for f in futures:
+                    f.add_done_callback(lambda _: bar.update())
+                out = [f.result() for f in futures]
+        bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Windows
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One training/evaluation example: a window of clip ``clip`` at ``start_sec``, audio shifted by grid
+    class ``target``."""
+
+    clip: int
+    target: int
+    start_sec: float
+
+
+def start_range(decoded: Decoded, offset_sec: float, cfg: Config) -> tuple[float, float]:
+    """Closed interval of start times (s) at which a window with ``offset_sec`` fits inside ``decoded``."""
+    data = cfg.data
+    n_frames, n_samples = equalify(len(decoded.frames), len(decoded.audio), data)
+    latest_video = (n_frames - int(data.crop_len_sec * data.vfps)) / data.vfps
+    latest_audio = (n_samples - int(data.crop_len_sec * data.afps)) / data.afps - offset_sec
+    lo = max(0.0, -offset_sec) + START_MARGIN_SEC
+    hi = min(latest_video, latest_audio) - START_MARGIN_SEC
+    return lo, hi
+
+
+def sample_windows(rng: np.random.Generator, clips: Sequence[Decoded], n: int, cfg: Config,
+                   clip_order: Sequence[int] | None = None) -> list[WindowSpec]:
+    """``n`` windows: clip from ``clip_order`` (or uniform), offset class uniform over the grid, start uniform
+    over where the window fits (rounded to 1 ms)."""
+    grid = cfg.data.grid
+    out = []
+    for i in range(n):
+        c = int(clip_order[i]) if clip_order is not None else int(rng.integers(len(clips)))
+        target = int(rng.integers(len(grid)))
+        lo, hi = start_range(clips[c], float(grid[target]), cfg)
+        if hi < lo:
+            raise TrainError(f"clip {c} is too short for a {cfg.data.crop_len_sec:g} s window with offset "
+                             f"{grid[target]:+.1f} s; use clips of at least "
+                             f"{cfg.data.crop_len_sec + 2 * cfg.data.max_off_sec:g} s")
+        out.append(WindowSpec(c, target, round(float(rng.uniform(lo, hi)), START_DECIMALS)))
+    return out
+
+
+@dataclass
+class Batch:
+    """Model inputs and targets for a list of windows.
+
+    vid (B, S, T, 3, H, W) and aud (B, S, 1, F, Tspec) float32; target (B,) int64 offset classes; event_v
+    (B, S, tv) and event_a (B, S, ta) float32 event targets per token (see :func:`event_targets`) or None.
+    """
+
+    vid: Tensor
+    aud: Tensor
+    target: Tensor
+    event_v: Tensor | None = None
+    event_a: Tensor | None = None
+
+
+def event_targets(clip: Clip, events_sec: Sequence[float], cfg: Config) -> tuple[Tensor, Tensor]:
+    """Which tokens of a prepared window hold a paired event: (video (S, tv), audio (S, ta)) float32 0/1.
+
+    A video token is marked when an event frame is one of its ``tubelet`` frames; an audio token when an event
+    onset lies within half a token stride of its centre. Times come from the clip's own frame indices and
+    audio start, so they follow whatever the pipeline did.
+    """
+    d, vis, aud = cfg.data, cfg.visual, cfg.audio
+    ev = np.asarray(events_sec, dtype=np.float64)
+    ev_frames = np.round(ev * d.vfps).astype(np.int64)
+    S = d.n_segments
+    rel = np.arange(S)[:, None] * d.step_vframes + np.arange(vis.t_tokens)[None] * vis.tubelet  # (S, tv)
+    frames = clip.frame_indices[rel[..., None] + np.arange(vis.tubelet)]  # (S, tv, tubelet)
+    vt = np.isin(frames, ev_frames).any(-1)
+    centre = (np.arange(aud.t_tokens) * aud.tstride + (aud.patch_size - 1) / 2) * d.hop_length  # samples
+    at = (clip.audio_start_sample + clip.audio_seg_starts[:, None] + centre[None]) / d.afps  # (S, ta) s
+    half = aud.tstride * d.hop_length / d.afps / 2
+    ta = (np.abs(at[..., None] - ev[None, None]) <= half).any(-1) if len(ev) else np.zeros_like(at, bool)
+    return torch.from_numpy(vt.astype(np.float32)), torch.from_numpy(ta.astype(np.float32))
+
+
+def make_batch(clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config, events: bool = False) -> Batch:
+    """Model inputs for ``specs`` through the inference pipeline (:func:`clip_from_decoded`); with ``events``
+    also the per-token event targets (needs ``meta["av_events"]`` on the clips)."""
+    grid = cfg.data.grid
+    prepared = [clip_from_decoded(clips[s.clip], cfg, float(grid[s.target]), s.start_sec) for s in specs]
+    for s, p in zip(specs, prepared):
+        if p.target_class != s.target:  # the pipeline rounds the offset; it must land on the same class
+            raise AssertionError(f"window {s} became class {p.target_class}")
+    batch = Batch(torch.stack([p.vid for p in prepared]), torch.stack([p.aud for p in prepared]),
+                  torch.tensor([s.target for s in specs], dtype=torch.long))
+    if events:
+        pairs = [event_targets(p, clips[s.clip].meta["av_events"], cfg) for s, p in zip(specs, prepared)]
+        batch.event_v = torch.stack([v for v, _ in pairs])
+        batch.event_a = torch.stack([a for _, a in pairs])
+    return batch
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict_windows(model: Synchformer, clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config,
+                    batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Top-1 class for each window, int (n,); the model is put in eval mode for the call."""
+    was_training = model.training
+    model.eval()
+    try:
+        preds = []
+        for i in range(0, len(specs), batch_size):
+            b = make_batch(clips, specs[i : i + batch_size], cfg)
+            preds.append(model(b.vid, b.aud).argmax(-1).numpy())
+        return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    finally:
+        model.train(was_training)
+
+
+def accuracy(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """acc@1 and acc@1 within one grid class (both in [0, 1]) for int arrays (n,)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    return {"acc1": float(np.mean(pred == target)), "acc1_pm1": float(np.mean(np.abs(pred - target) <= 1))}
+
+
+def evaluate(model: Synchformer, decoded_clips: Sequence[Decoded], cfg: Config | str, n_windows: int, seed: int,
+             batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """Accuracy on ``n_windows`` random windows of ``decoded_clips`` (clips taken in turn, random grid offsets
+    and start times from ``seed``). Returns ``{"acc1", "acc1_pm1", "n_windows", "n_clips", "seed"}``."""
+    cfg = load_config(cfg)
+    rng = np.random.default_rng(seed)
+    order = np.arange(n_windows) % len(decoded_clips)
+    specs = sample_windows(rng, decoded_clips, n_windows, cfg, clip_order=order)
+    pred = predict_windows(model, decoded_clips, specs, cfg, batch_size)
+    return {**accuracy(pred, np.array([s.target for s in specs])), "n_windows": int(n_windows),
+            "n_clips": len(decoded_clips), "seed": int(seed)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lag-bank initialisation of the synchronisation module
+#
+# Trained from random weights, the synchronisation transformer sits on a long plateau at chance: the offset is
+# carried only by *pairs* of tokens (a sound at audio time t and a flash at video time t + offset), so no single
+# weight change helps until attention already pairs tokens by relative time. We measured no progress at all
+# within 1,300 steps of batch 32 even on ideal, noise-free event features. Instead the module starts as a
+# bank of lag detectors that computes the audio-visual cross-correlation at the 21 grid offsets; training then
+# teaches the feature extractors to mark events and fine-tunes every weight. Same architecture, same forward
+# code: only the initial values differ.
+#
+#   positional table  time code (sin/cos of the token's time at LAG_BANK_PERIODS) of each visual token in the
+#                     dims T_v, of each audio token in T_a (times from the segment layout);
+#   input norms       pass one "event" dim each (visual: EV, audio: EA), in [0, content];
+#   block 1 attention head c (one per offset class) lets audio token t look at the video at time t + grid[c]
+#                     (query = time code rotated by grid[c]) and copies that token's EV into L[c];
+#   block 1 MLP       hidden unit c fires when EA and L[c] are both high and writes B[c] (a coincidence);
+#   block 2 attention uniform average of B over all tokens into S[c] of the OFF token;
+#   head              logit c = gain * S[c].
+
+LAG_BANK_PERIODS = (0.63, 0.67, 1.2, 3.5)  # s; chosen so the kernel sum cos(2 pi d / p) is high only for |d| < 0.1 s
+LAG_BANK_BETA = 5.0  # attention logit per unit of kernel
+LAG_BANK_CONTENT = 0.5  # event dims range over [0, CONTENT] (in units of the time-code amplitude)
+LAG_BANK_HIT = 0.5  # L[c] for a full match
+LAG_BANK_AND_GAIN = 8.0  # slope of the coincidence units
+LAG_BANK_AND_THRESHOLD = 1.2  # EA/CONTENT + L/HIT must exceed this (2 at a full match)
+LAG_BANK_COINCIDENCE = 0.3  # B[c] written per coincidence
+LAG_BANK_TYPICAL_HITS = 10.0  # coincidences expected at the true offset in one window
+LAG_BANK_POOLED = 0.3  # S[c] for a typical true offset
+LAG_BANK_HEAD_GAIN = 3.0
+PATCH_FAN_IN_REF = 256  # fan-in (1x16x16) at which a patch-embedding kernel trains at the full learning rate
+EVENT_POS_WEIGHT = 4.0  # events are sparse (about 1 token in 8): weigh the positives up in the detection loss
+
+
+@dataclass(frozen=True)
+class LagBankLayout:
+    """Which residual dims of the synchronisation transformer hold what after :func:`init_lag_bank`."""
+
+    time_v: np.ndarray  # (2F,)
+    time_a: np.ndarray  # (2F,)
+    event_v: int
+    event_a: int
+    const: int
+    lag: np.ndarray  # (C,) L: video event seen at each offset
+    hit: np.ndarray  # (C,) B: coincidences
+    pooled: np.ndarray  # (C,) S: pooled coincidences (OFF token)
+
+
+def token_times(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Centre times (s) of the sync module's visual tokens from the video crop start, (S*tv,), and of its audio
+    tokens from the audio crop start, (S*ta,), both flattened segment-major as the model does."""
+    d, vis, aud = cfg.data, cfg.visual, cfg.audio
+    vstarts, astarts, _, _ = segment_layout(d)
+    tv = (vstarts[:, None] + np.arange(vis.t_tokens)[None] * vis.tubelet + (vis.tubelet - 1) / 2) / d.vfps
+    centre = np.arange(aud.t_tokens) * aud.tstride + (aud.patch_size - 1) / 2  # spectrogram frames
+    ta = (astarts[:, None] + centre[None] * d.hop_length) / d.afps
+    return tv.reshape(-1), ta.reshape(-1)
+
+
+def time_code(t: np.ndarray, periods: Sequence[float], amp: float = 1.0) -> np.ndarray:
+    """(n,) times -> (n, 2F) codes ``amp * [cos(w_j t), sin(w_j t)]_j`` with w_j = 2 pi / periods[j]."""
+    ang = np.asarray(t, dtype=np.float64)[:, None] * (2 * np.pi / np.asarray(periods))[None]
+    out = np.empty((len(ang), 2 * len(periods)))
+    out[:, 0::2], out[:, 1::2] = np.cos(ang), np.sin(ang)
+    return amp * out
+
+
+def _rotation(theta: float) -> np.ndarray:
+    return np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+
+
+def lag_bank_layout(cfg: Config) -> LagBankLayout:
+    """The residual layout :func:`init_lag_bank` uses; raises :class:`TrainError` when the config cannot hold it."""
+    sync, C = cfg.sync, cfg.sync.num_classes
+    F = len(LAG_BANK_PERIODS)
+    if sync.heads != C or sync.dim % sync.heads or sync.dim // sync.heads < 2 * F or sync.depth < 2:
+        raise TrainError(
+            f"the lag-bank initialisation needs one attention head per offset class (n_head = {C}), a head size "
+            f"of at least {2 * F} (n_embd >= {2 * F * C}, divisible by n_head) and n_layer >= 2; the config has "
+            f"n_head={sync.heads}, n_embd={sync.dim}, n_layer={sync.depth}"
+        )
+    first = 4 * F + 3
+    if first + 3 * C > sync.dim or sync.head != "offset":
+        raise TrainError(f"n_embd={sync.dim} is too small for the lag bank (needs {first + 3 * C}) or the head "
+                         "is not an offset head")
+    lag = np.arange(first, first + C)
+    return LagBankLayout(np.arange(0, 2 * F), np.arange(2 * F, 4 * F), 4 * F, 4 * F + 1, 4 * F + 2,
+                         lag, lag + C, lag + 2 * C)
+
+
+@torch.no_grad()
+def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankLayout:
+    """Set the projections and the synchronisation transformer to a cross-correlation over the offset grid
+    (see the comment above). Extra blocks (n_layer > 2) start as identities."""
+    lay = lag_bank_layout(cfg)
+    tr = model.transformer
+    D, C = cfg.sync.dim, cfg.sync.num_classes
+    E = D // cfg.sync.heads
+    F = len(LAG_BANK_PERIODS)
+    grid = cfg.data.grid.astype(np.float64)
+    tv, ta = token_times(cfg)
+    norm = amp * math.sqrt(F)  # every token's residual has this norm (time code or constant)
+    sig = norm / math.sqrt(D)  # ... so the pre-norms divide by about this
+    content = LAG_BANK_CONTENT * amp
+    hit = LAG_BANK_HIT * amp
+
+    def zero(*modules: nn.Module) -> None:
+        for mod in modules:
+            for p in mod.parameters():
+                p.zero_()
+
+    def f32(x: np.ndarray) -> Tensor:
+        return torch.as_tensor(x, dtype=torch.float32)
+
+    # positional table and special tokens
+    pos = torch.zeros(tr.pos_emb_cfg.pos_emb.shape[1:])
+    nv, na = len(tv), len(ta)
+    pos[0, lay.const] = norm  # OFF
+    pos[1 : 1 + nv, lay.time_v] = f32(time_code(tv, LAG_BANK_PERIODS, amp))
+    pos[1 + nv, lay.const] = norm  # MOD
+    pos[2 + nv : 2 + nv + na, lay.time_a] = f32(time_code(ta, LAG_BANK_PERIODS, amp))
+    tr.pos_emb_cfg.pos_emb.copy_(pos[None])
+    tr.OFF_tok.zero_()
+    tr.MOD_tok.zero_()
+
+    # features -> one event dim each: proj puts a learnable score in the event dim and a constant elsewhere, so
+    # the input norm turns the score into a soft indicator; the norm's affine maps it to [0, content]
+    spare = D - 1
+    for proj, ln, dim in ((model.vproj, tr.vis_in_lnorm, lay.event_v), (model.aproj, tr.aud_in_lnorm, lay.event_a)):
+        w = proj.weight[dim].clone()
+        zero(proj, ln)
+        proj.weight[dim] = w / (w.norm() + 1e-12)
+        proj.bias[spare] = 1.0
+        ln.weight[dim] = content / (2 * math.sqrt(D))
+        ln.bias[dim] = content / 2
+
+    b1, b2 = tr.blocks[0], tr.blocks[1]
+    zero(b1.attn, b1.mlp, b2.attn, b2.mlp)
+    for extra in tr.blocks[2:]:
+        zero(extra.attn.proj, extra.mlp[2])
+    # block 1 attention: head c, audio time t -> video time t + grid[c]
+    a = b1.attn
+    kq = math.sqrt(LAG_BANK_BETA) * E**0.25 * sig / amp  # q.k / sqrt(E) = BETA * sum_j cos(...)
+    w = 2 * np.pi / np.asarray(LAG_BANK_PERIODS)
+    for c in range(C):
+        rows = slice(c * E, c * E + 2 * F)
+        rot = np.zeros((2 * F, 2 * F))
+        for j in range(F):
+            rot[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = _rotation(w[j] * grid[c])
+        a.query.weight[rows, lay.time_a] = f32(rot * kq)
+        a.key.weight[rows, lay.time_v] = torch.eye(2 * F) * kq
+        a.value.weight[c * E, lay.event_v] = sig * hit / content
+        a.proj.weight[lay.lag[c], c * E] = 1.0
+    # block 1 MLP: coincidence units
+    up, down = b1.mlp[0], b1.mlp[2]
+    for c in range(C):
+        up.weight[c, lay.lag[c]] = LAG_BANK_AND_GAIN * sig / hit
+        up.weight[c, lay.event_a] = LAG_BANK_AND_GAIN * sig / content
+        up.bias[c] = -LAG_BANK_AND_GAIN * LAG_BANK_AND_THRESHOLD
+        down.weight[lay.hit[c], c] = LAG_BANK_COINCIDENCE * amp / (LAG_BANK_AND_GAIN * (2 - LAG_BANK_AND_THRESHOLD))
+    # block 2 attention: uniform pooling of the coincidences (zero query/key)
+    n_tok = pos.shape[0]
+    for c in range(C):
+        b2.attn.value.weight[c * E, lay.hit[c]] = (LAG_BANK_POOLED * n_tok / LAG_BANK_TYPICAL_HITS * sig
+                                                   / LAG_BANK_COINCIDENCE)
+        b2.attn.proj.weight[lay.pooled[c], c * E] = 1.0
+    zero(tr.off_head)
+    for c in range(C):
+        tr.off_head.weight[c, lay.pooled[c]] = LAG_BANK_HEAD_GAIN
+    return lay
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def lr_at(step: int, steps: int, lr: float, warmup_steps: int, min_lr_frac: float) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine to
+    ``lr * min_lr_frac`` at the last step."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, steps - warmup_steps - 1)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lr_scale(p: Tensor) -> float:
+    """Learning-rate factor of a parameter: ``sqrt(PATCH_FAN_IN_REF / fan_in)`` (at most 1) for convolution
+    kernels (the patch embeddings, whose fan-in reaches 3*2*32*32), 1 otherwise. Adam moves every weight by about
+    the learning rate, and a kernel with a large fan-in has small weights."""
+    if p.ndim < 4:
+        return 1.0
+    return min(1.0, math.sqrt(PATCH_FAN_IN_REF / p[0].numel()))
+
+
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and kernels only (not on biases, norms, tokens or tables of ndim < 2)
+    and a smaller learning rate for large convolution kernels (:func:`lr_scale`)."""
+    params = [p for p in params if p.requires_grad]
+    groups: dict[tuple[float, float], list] = {}
+    for p in params:
+        key = (weight_decay if p.ndim >= 2 else 0.0, lr_scale(p))
+        groups.setdefault(key, []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr_scale": sc, "lr": lr * sc}
+                              for (wd, sc), ps in groups.items()], lr=lr, betas=(0.9, 0.98))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def event_loss(model: Synchformer, vfeats: Tensor, afeats: Tensor, batch: Batch, layout: LagBankLayout) -> Tensor:
+    """Auxiliary detection loss: BCE of the lag bank's event scores (the projections' event dims, before the
+    input norms) against the per-token event targets; mean of the video and audio terms."""
+    zv = model.vproj(vfeats)[..., layout.event_v]  # (B, S, tv)
+    za = model.aproj(afeats)[..., layout.event_a]  # (B, S, ta)
+    lv = F.binary_cross_entropy_with_logits(zv, batch.event_v, pos_weight=torch.tensor(EVENT_POS_WEIGHT))
+    la = F.binary_cross_entropy_with_logits(za, batch.event_a, pos_weight=torch.tensor(EVENT_POS_WEIGHT))
+    return 0.5 * (lv + la)
+
+
+def train_step(model: Synchformer, opt: torch.optim.Optimizer, batch: Batch, grad_clip: float,
+               event_weight: float = 0.0, layout: LagBankLayout | None = None) -> dict[str, float]:
+    """One step of cross-entropy on the offset (plus ``event_weight`` x :func:`event_loss`); returns the loss
+    terms and the batch accuracy."""
+    vfeats = model.extract_vfeats(batch.vid)
+    afeats = model.extract_afeats(batch.aud)
+    logits = model.sync_logits(vfeats, afeats)
+    ce = F.cross_entropy(logits, batch.target)
+    loss = ce
+    out = {}
+    if event_weight > 0 and layout is not None:
+        ev = event_loss(model, vfeats, afeats, batch, layout)
+        loss = loss + event_weight * ev
+        out["event_loss"] = float(ev.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    acc = float((logits.detach().argmax(-1) == batch.target).float().mean())
+    return {"loss": float(ce.detach()), **out, "train_acc": acc}
+
+
+def segment_embeddings(model: Synchformer, vid: Tensor, aud: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-segment visual and audio vectors for contrastive pre-training: (B*S, D) each, L2-normalised
+    (features averaged over the segment's temporal tokens)."""
+    v = model.extract_vfeats(vid).mean(2).flatten(0, 1)
+    a = model.extract_afeats(aud).mean(2).flatten(0, 1)
+    return F.normalize(v, dim=-1), F.normalize(a, dim=-1)
+
+
+def contrastive_loss(v: Tensor, a: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE between matching rows of v and a, both (N, D) normalised."""
+    logits = v @ a.T / temperature
+    labels = torch.arange(len(v))
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, Python and torch versions."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "load_avg_at_start": load}
+
+
+def reproduce_command(out_path: str | Path, s: TrainSettings) -> str:
+    """The ``synchlib train-tiny`` command line that repeats a run with settings ``s``."""
+    defaults = TrainSettings()
+    parts = ["synchlib", "train-tiny", str(out_path)]
+    for f in TrainSettings.__dataclass_fields__:
+        value = getattr(s, f)
+        if f == "seed" or value != getattr(defaults, f):
+            parts += [f"--{f.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_tiny(
+    out_path: str | Path | None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train the tiny model from scratch; write ``out_path`` (checkpoint) and ``out_path`` with ``.json`` (record).
+
+    ``overrides`` are :class:`TrainSettings` fields (``steps``, ``n_train_clips``, ``lr``, ...). ``out_path=None``
+    writes nothing. ``callback`` receives every learning-curve point as it is measured. Returns the record:
+    settings, held-out accuracy (``metrics``), the learning curve (``curve``: step, loss, train_acc, lr and, at
+    evaluation steps, held-out acc1/acc1_pm1), timings, machine, and ``command`` to reproduce the run. The
+    trained model is under the key ``"model"`` of the returned dict (not written to the JSON file).
+    """
+    unknown = set(overrides) - set(TrainSettings.__dataclass_fields__)
+    if unknown:
+        raise TrainError(f"unknown training settings {sorted(unknown)}; see synchlib.train.TrainSettings")
+    s = replace(TrainSettings(), seed=seed, **overrides)
+    check_settings(s)
+    t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    machine = machine_info()
+    try:
+        cfg = load_config(s.config)
+        train_clips = synth_clips(clip_seeds(s.seed, s.n_train_clips), cfg, duration_sec=s.clip_duration_sec,
+                                  workers=s.workers, progress=progress, desc="train clips")
+        eval_clips = synth_clips(clip_seeds(s.seed, s.n_eval_clips, EVAL_INDEX0), cfg,
+                                 duration_sec=s.clip_duration_sec, workers=s.workers, progress=progress,
+                                 desc="held-out clips")
+        t_data = time.perf_counter() - t0
+
+        model, curve, t_train = fit(cfg, train_clips, eval_clips, s, progress=progress, callback=callback)
+        final = curve[-1]
+    finally:
+        torch.set_num_threads(threads_before)
+
+    wall = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    record: dict[str, Any] = {
+        "model_type": MODEL_TYPE,
+        "config": s.config,
+        "seed": s.seed,
+        "steps": s.steps,
+        "n_train_clips": s.n_train_clips,
+        "train_clip_seeds": [clip_seeds(s.seed, 1)[0], clip_seeds(s.seed, s.n_train_clips)[-1]],
+        "heldout_clip_seeds": [clip_seeds(s.seed, 1, EVAL_INDEX0)[0],
+                               clip_seeds(s.seed, s.n_eval_clips, EVAL_INDEX0)[-1]],
+        "settings": asdict(s),
+        "n_params": n_params,
+        "metrics": {"heldout_acc1": final["acc1"], "heldout_acc1_pm1": final["acc1_pm1"],
+                    "heldout_windows": s.n_eval_windows, "heldout_clips": s.n_eval_clips,
+                    "heldout_eval_seed": eval_seed(s.seed)},
+        "curve": curve,
+        "wall_time_sec": round(wall, 1),
+        "data_time_sec": round(t_data, 1),
+        "train_time_sec": round(t_train, 1),
+        "machine": {**machine, "load_avg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "command": reproduce_command(out_path if out_path is not None else "OUT.pt", s),
+    }
+    if out_path is not None:
+        write_outputs(out_path, model, cfg, record)
+    return {**record, "model": model}
+
+
+def eval_seed(seed: int) -> int:
+    """Seed of the held-out windows (offsets and start times) of a run with ``seed``."""
+    return seed * 1000 + 7
+
+
+def fit(
+    cfg: Config,
+    train_clips: Sequence[Decoded],
+    eval_clips: Sequence[Decoded],
+    s: TrainSettings,
+    *,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[Synchformer, list[dict], float]:
+    """Build a fresh model and train it on decoded clips; returns (model in eval mode, curve, seconds).
+
+    The curve has one point per step; every ``eval_every`` steps (and at the last one, on ``n_eval_windows``
+    windows) it also holds the held-out accuracy.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    _seed_everything(s.seed)
+    model = build_model(cfg).train()
+    layout = init_lag_bank(model, cfg) if s.init == "lag-bank" else None
+    inference_chunk = model.segment_chunk
+    model.segment_chunk = TRAIN_SEGMENT_CHUNK
+    rng = np.random.default_rng([s.seed, 1])
+    curve: list[dict] = []
+
+    if s.pretrain_steps:
+        pretrain_contrastive(model, train_clips, cfg, s, rng, progress)
+        for module in (model.vfeat_extractor, model.afeat_extractor):
+            module.requires_grad_(False)
+
+    opt = make_optimizer(model.parameters(), s.lr, s.weight_decay)
+    bar = tqdm(range(s.steps), desc="train", unit="step", disable=not progress)
+    for step in bar:
+        lr = lr_at(step, s.steps, s.lr, s.warmup_steps, s.min_lr_frac)
+        _set_lr(opt, lr)
+        specs = sample_windows(rng, train_clips, s.batch_size, cfg)
+        use_events = s.event_weight > 0 and layout is not None
+        batch = make_batch(train_clips, specs, cfg, events=use_events)
+        terms = train_step(model, opt, batch, s.grad_clip, s.event_weight if use_events else 0.0, layout)
+        loss, acc = terms["loss"], terms["train_acc"]
+        point = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "lr": lr}
+        last = step + 1 == s.steps
+        if (step + 1) % s.eval_every == 0 or last:
+            n = s.n_eval_windows if last else s.n_curve_windows
+            res = evaluate(model, eval_clips, cfg, n, eval_seed(s.seed))
+            point.update(acc1=res["acc1"], acc1_pm1=res["acc1_pm1"], heldout_windows=n)
+            bar.set_postfix(loss=f"{loss:.3f}", heldout=f"{res['acc1']:.2f}")
+        else:
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+        point["time_sec"] = round(time.perf_counter() - t0, 2)
+        curve.append(point)
+        if callback is not None:
+            callback(point)
+    bar.close()
+    for module in (model.vfeat_extractor, model.afeat_extractor):
+        module.requires_grad_(True)
+    model.segment_chunk = inference_chunk
+    return model.eval(), curve, time.perf_counter() - t0
+
+
+def write_outputs(out_path: str | Path, model: Synchformer, cfg: Config, record: dict[str, Any]) -> tuple[Path, Path]:
+    """Write the checkpoint (released layout) and the JSON record next to it (same stem, ``.json``)."""
+    from .checkpoints import save_checkpoint
+
+    out_path = Path(out_path).expanduser()
+    ckpt = save_checkpoint(out_path, model.state_dict(), dict(cfg.raw), epoch=record["steps"],
+                           model_type=MODEL_TYPE, metrics=record["metrics"],
+                           train={k: record[k] for k in ("seed", "steps", "n_train_clips", "command")})
+    rec_path = out_path.with_suffix(".json")
+    rec_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return ckpt, rec_path
+
+
+def pretrain_contrastive(model: Synchformer, clips: Sequence[Decoded], cfg: Config, s: TrainSettings,
+                         rng: np.random.Generator, progress: bool = True) -> list[float]:
+    """Stage 1 of the reference recipe: segment-level audio-visual InfoNCE on synchronised windows (offset 0)
+    for ``s.pretrain_steps`` steps; trains the two feature extractors only. Returns the losses."""
+    from tqdm.auto import tqdm
+
+    params = list(model.vfeat_extractor.parameters()) + list(model.afeat_extractor.parameters())
+    opt = make_optimizer(params, s.pretrain_lr, s.weight_decay)
+    zero = int(np.abs(cfg.data.grid).argmin())
+    losses = []
+    bar = tqdm(range(s.pretrain_steps), desc="pretrain", unit="step", disable=not progress)
+    for step in bar:
+        _set_lr(opt, lr_at(step, s.pretrain_steps, s.pretrain_lr, s.warmup_steps, s.min_lr_frac))
+        specs = [replace(w, target=zero, start_sec=round(float(rng.uniform(*start_range(clips[w.clip], 0.0, cfg))),
+                                                           START_DECIMALS))
+                 for w in sample_windows(rng, clips, s.batch_size, cfg)]
+        batch = make_batch(clips, specs, cfg)
+        v, a = segment_embeddings(model, batch.vid, batch.aud)
+        loss = contrastive_loss(v, a, s.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, s.grad_clip)
+        opt.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+    return losses
+
+
+def train_short(out_path: str | Path | None = None, *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict:
+    """A short run for a notebook (:data:`SHORT` settings, about a minute on 2 cores); returns the record with
+    its learning curve (``record["curve"]``). Far from converged: use it to see the loss fall."""
+    return train_tiny(out_path, seed=seed, progress=progress, **{**SHORT, "workers": 1, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line (wired as ``synchlib train-tiny``)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``OUT [--seed S] [--steps N] ... [--short] [--no-progress]`` (one flag per :class:`TrainSettings`)."""
+    parser.add_argument("out", metavar="OUT", type=Path, help="checkpoint to write (.pt); the record goes to OUT.json")
+    defaults = TrainSettings()
+    for name, f in TrainSettings.__dataclass_fields__.items():
+        value = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(value), default=None,
+                            help=f"(default {value})")
+    parser.add_argument("--short", action="store_true", help="short run for demos (about a minute)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return parser
+
+
+def run_train(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
+    """Run ``synchlib train-tiny`` from parsed arguments; returns the exit status (0)."""
+    overrides = {k: getattr(args, k) for k in TrainSettings.__dataclass_fields__ if getattr(args, k, None) is not None}
+    if getattr(args, "short", False):
+        overrides = {**SHORT, **overrides}
+    seed = overrides.pop("seed", 0)
+    record = train_tiny(args.out, seed=seed, progress=getattr(args, "progress", True), **overrides)
+    m = record["metrics"]
+    echo(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: held-out acc@1 {m['heldout_acc1']:.3f}, "
+         f"acc@1 +-1 {m['heldout_acc1_pm1']:.3f} on {m['heldout_windows']} windows, {record['wall_time_sec']:.0f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m synchlib.train OUT ...``."""
+    parser = add_train_arguments(argparse.ArgumentParser(prog="synchlib train-tiny",
+                                                         description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except SynchlibError as e:
+        parser.exit(2, f"synchlib train-tiny: error: {e}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Tests of the tiny-model training code and of the shipped ``tiny-synthetic`` checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synchlib import train as T
+from synchlib.config import load_config
+from synchlib.model import build_model
+from synchlib.preprocess import load_clip
+
+ASSETS = Path(T.__file__).parent / "assets"
+CKPT = ASSETS / "tiny-synthetic.pt"
+RECORD = ASSETS / "tiny-synthetic.json"
+MAX_CKPT_BYTES = 10 * 1024 * 1024
+N_TEST_CLIPS = 6
+WINDOWS_PER_CLIP = 8
+RECORD_FIELDS = ("seed", "steps", "n_train_clips", "wall_time_sec", "machine", "metrics", "curve", "command")
+SMOKE = dict(steps=2, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
+             eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(T.CONFIG_NAME)
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return json.loads(RECORD.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def shipped_model(cfg):
+    from synchlib.checkpoints import read_checkpoint
+
+    sd, meta = read_checkpoint(CKPT)
+    model = build_model(cfg)
+    model.load_state_dict(sd, strict=True)
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def test_clips(cfg, record, tmp_path_factory):
+    """Fresh clips whose seeds the shipped model never saw (neither in training nor in its held-out set)."""
+    seeds = T.clip_seeds(record["seed"], N_TEST_CLIPS, T.TEST_INDEX0)
+    train_lo, train_hi = record["train_clip_seeds"]
+    eval_lo, eval_hi = record["heldout_clip_seeds"]
+    assert not any(train_lo <= s <= train_hi or eval_lo <= s <= eval_hi for s in seeds)
+    folder = tmp_path_factory.mktemp("tiny-test-clips")
+    clips = T.synth_clips(seeds, cfg, out_dir=folder, progress=False)
+    return clips, [folder / f"synth_{s:07d}.mp4" for s in seeds]
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+
+
+def test_checkpoint_size_and_layout(shipped_model):
+    assert CKPT.stat().st_size <= MAX_CKPT_BYTES
+    _, meta = shipped_model
+    assert meta["model_type"] == "Synchformer"
+    assert meta["args"]["data"]["input_size"] == 64
+    assert meta["metrics"]["heldout_acc1"] == json.loads(RECORD.read_text())["metrics"]["heldout_acc1"]
+
+
+def test_record_has_required_fields(record):
+    for key in RECORD_FIELDS:
+        assert key in record, key
+    m = record["metrics"]
+    assert m["heldout_windows"] >= 200 and m["heldout_acc1_pm1"] >= m["heldout_acc1"]
+    assert record["wall_time_sec"] <= 600
+    assert {"cpu", "cores", "torch"} <= set(record["machine"])
+    assert record["command"].startswith("synchlib train-tiny ")
+    assert any("heldout_acc1" in p for p in record["curve"][:-1])  # periodic held-out points
+
+
+def test_record_accuracy_is_reproduced(shipped_model, record, cfg):
+    """Re-evaluating the shipped model on the record's held-out clips and windows gives the recorded numbers.
+
+    (The teaching issue's target, >= 95 % acc@1, is NOT reached by the shipped model: see the README.)"""
+    model, _ = shipped_model
+    seeds = T.clip_seeds(record["seed"], record["metrics"]["heldout_clips"], T.EVAL_INDEX0)
+    clips = T.synth_clips(seeds, cfg, progress=False)
+    res = T.evaluate(model, clips, cfg, record["metrics"]["heldout_windows"], record["metrics"]["heldout_eval_seed"])
+    assert res["acc1"] == pytest.approx(record["metrics"]["heldout_acc1"], abs=1e-9)
+    assert res["acc1_pm1"] == pytest.approx(record["metrics"]["heldout_acc1_pm1"], abs=1e-9)
+
+
+def test_inference_on_file_matches_training_batch(shipped_model, test_clips, cfg):
+    """The window the trainer builds from decoded arrays equals what load_clip builds from the file."""
+    model, _ = shipped_model
+    clips, paths = test_clips
+    specs = T.sample_windows(np.random.default_rng(3), clips, 3, cfg, clip_order=[0, 1, 2])
+    vid, aud, target = T.make_batch(clips, specs, cfg)
+    with torch.no_grad():
+        batch_logits = model(vid, aud)
+    for i, spec in enumerate(specs):
+        clip = load_clip(paths[spec.clip], float(cfg.grid[spec.target]), spec.start_sec, cfg)
+        assert clip.target_class == int(target[i])
+        assert torch.equal(clip.vid, vid[i]) and torch.equal(clip.aud, aud[i])
+        with torch.no_grad():
+            logits = model(clip.vid[None], clip.aud[None])[0]
+        torch.testing.assert_close(logits, batch_logits[i], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- training code
+
+
+def test_training_smoke_is_deterministic(tmp_path):
+    out = tmp_path / "smoke.pt"
+    a = T.train_tiny(out, seed=5, progress=False, **SMOKE)
+    b = T.train_tiny(None, seed=5, progress=False, **SMOKE)
+    losses_a = [p["loss"] for p in a["curve"]]
+    assert len(losses_a) == SMOKE["steps"] and all(np.isfinite(losses_a))
+    assert losses_a == [p["loss"] for p in b["curve"]]
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    rec = json.loads(out.with_suffix(".json").read_text())
+    for key in RECORD_FIELDS:
+        assert key in rec
+    model = build_model(T.CONFIG_NAME)
+    from synchlib.checkpoints import read_checkpoint
+
+    sd, meta = read_checkpoint(out)
+    model.load_state_dict(sd, strict=True)
+    assert meta["epoch"] == SMOKE["steps"] and meta["args"]["data"]["size_before_crop"] == 64
+
+
+def test_lag_bank_layout_checks_the_config(cfg):
+    for name in (T.CONFIG_NAME, "24-01-04T16-39-21"):  # 4 and 8 heads: the lag bank needs one per class
+        with pytest.raises(T.TrainError):
+            T.lag_bank_layout(load_config(name))
+
+
+def test_lr_schedule():
+    lrs = [T.lr_at(i, 100, 1e-3, 10, 0.0) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+
+
+def test_bad_settings_raise():
+    with pytest.raises(T.TrainError):
+        T.train_tiny(None, steps=0, progress=False)
+    with pytest.raises(T.TrainError):
+        T.train_tiny(None, not_a_setting=1, progress=False)
