@@ -79,18 +79,21 @@ def bench_speed(model, video: str, start: float, n_offsets: int) -> dict:
     # (b) sweep
     table, t_sweep = timed(lambda: Predictor(model).set_video(video).sweep(offsets, [start], progress=False))
     print(f"(b) sweep of {len(offsets)} offsets: {t_sweep:.1f} s; now {len(offsets)} plain predictions ...", flush=True)
-    plain_classes, t_each = [], []
+    plain_classes, plain_p, t_each = [], [], []
     for off in offsets:
         p, t = timed(lambda: synchlib.predict(model, video, off, start))
         plain_classes.append(p.class_index)
+        plain_p.append(p.p)
         t_each.append(t)
         print(f"    plain offset {off:+.1f}: {t:.1f} s", flush=True)
     t_plain_sweep = float(sum(t_each))
     same = plain_classes == table["predicted_class"].astype(int).tolist()
+    p_diff = float(np.abs(np.asarray(plain_p) - table["p"].to_numpy(dtype=float)).max())
     res["sweep"] = {"n_offsets": len(offsets), "start_sec": start, "plain_s": t_plain_sweep, "two_phase_s": t_sweep,
-                    "speedup": t_plain_sweep / t_sweep, "identical_predictions": same}  # fmt: skip
+                    "speedup": t_plain_sweep / t_sweep, "identical_predictions": same,
+                    "max_abs_p_diff": p_diff}  # fmt: skip
     print(f"(b) {len(offsets)} offsets: plain {t_plain_sweep:.1f} s, two-phase {t_sweep:.1f} s -> "
-          f"x{t_plain_sweep / t_sweep:.1f}; identical predictions: {same}", flush=True)
+          f"x{t_plain_sweep / t_sweep:.1f}; identical predictions: {same}; max |p diff| {p_diff:.1e}", flush=True)
     return res
 
 
@@ -128,6 +131,11 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     out = HERE / "results" / "predict.json"
     out.parent.mkdir(exist_ok=True)
+    if args.only and out.is_file():  # keep the other part's last measurement (it names its own machine run)
+        previous = json.loads(out.read_text())
+        kept = {k: v for k, v in previous.items() if k not in results}
+        if kept:
+            results = {**results, "kept_from_previous_run": sorted(kept), **kept}
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 

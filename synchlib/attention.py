@@ -4,7 +4,8 @@
 probabilities (the default path uses fused attention and records nothing). :func:`explain` runs one window and
 returns an :class:`Explanation` with
 
-- the OFF token's attention over the visual and audio tokens of the synchronisation transformer (a timeline),
+- the OFF token's attention over the visual and audio tokens in the last block of the synchronisation transformer
+  (a timeline),
 - per-frame-pair spatial attention of the visual aggregation (which image regions feed each visual token),
 - per-time-column frequency attention of the audio aggregation (which mel bands feed each audio token).
 """
@@ -66,8 +67,9 @@ def token_times(cfg: Config, start_sec: float, offset_sec: float) -> tuple[np.nd
 class Explanation:
     """Attention maps for one window.
 
-    off_visual (S, tv) and off_audio (S, ta): OFF-token attention on each visual / audio token, averaged over
-    heads and blocks (rows sum with off_self and off_mod to 1). spatial (S, tv, h, w): visual aggregation CLS
+    off_visual (S, tv) and off_audio (S, ta): OFF-token attention on each visual / audio token in the last
+    block (the one whose OFF output the head reads), averaged over heads (with the attention on the OFF and MOD
+    tokens themselves they sum to 1). spatial (S, tv, h, w): visual aggregation CLS
     attention over patches, averaged over heads. freq (S, ta, f): audio aggregation CLS attention over
     frequency patches (low to high), averaged over heads. Token centre times in seconds of the source video:
     visual_times (S*tv,), audio_times (S*ta,) (audio tokens sit where their sound came from).
@@ -98,7 +100,7 @@ def explain(model: Synchformer, clip: Clip, k: int = 5) -> Explanation:
     with capture_attention(model) as rec:
         logits = model(clip.vid[None].to(model.device), clip.aud[None].to(model.device))[0]
     pred = clip_prediction(logits, clip, cfg.sync.head, k=k)
-    off = torch.stack([p[0, :, 0] for p in rec.sync]).mean(dim=(0, 1)).numpy()  # (L,) OFF query row
+    off = rec.sync[-1][0, :, 0].mean(0).numpy()  # (L,) OFF query row of the last block, mean over heads
     off_visual = off[1 : 1 + S * tv].reshape(S, tv)
     off_audio = off[2 + S * tv :].reshape(S, ta)
     g = cfg.visual.grid

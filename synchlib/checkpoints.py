@@ -4,7 +4,9 @@
   training data, reported accuracy).
 * :func:`fetch` downloads ``<id>.pt`` into :func:`cache_dir` once, verifies it against its published md5 prefix and
   returns the cached path afterwards. Set ``$SYNCHLIB_MIRROR`` to download from another server and
-  ``$SYNCHLIB_CACHE`` to keep the files somewhere else.
+  ``$SYNCHLIB_CACHE`` to keep the files somewhere else. A mirror that serves different files under the released
+  ids (re-exports, test checkpoints) names their hashes in a CSV given by ``$SYNCHLIB_REGISTRY`` (see
+  :func:`expected_hash`); they are verified against those instead of the published ones.
 * :func:`read_checkpoint` loads a ``.pt`` with ``torch.load(weights_only=True)``: nothing in the file can run code.
   The released files pickle their training config as an OmegaConf ``DictConfig``; synchlib reads it with inert
   stand-in classes (omegaconf is not needed) and returns it as plain dicts and lists.
@@ -19,6 +21,7 @@ and only then renamed into place, so the cache never holds a partial or corrupt 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -46,6 +49,7 @@ __all__ = [
     "ReleasedCheckpoint",
     "cache_dir",
     "checkpoint_url",
+    "expected_hash",
     "fetch",
     "file_md5",
     "file_sha256",
@@ -57,6 +61,7 @@ __all__ = [
 DEFAULT_BASE_URL = "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/sync/sync_models"
 ENV_CACHE = "SYNCHLIB_CACHE"
 ENV_MIRROR = "SYNCHLIB_MIRROR"
+ENV_REGISTRY = "SYNCHLIB_REGISTRY"
 ASSETS_DIR = Path(__file__).parent / "assets"
 
 _CHUNK = 1 << 20  # bytes per read when hashing and per chunk when downloading
@@ -147,6 +152,52 @@ PACKAGED: dict[str, str] = {
 
 def _valid_names() -> str:
     return ", ".join([*RELEASED, *PACKAGED])
+
+
+def _registry_overrides() -> dict[str, str]:
+    """``{id: "md5:<hex>"}`` from the CSV named by ``$SYNCHLIB_REGISTRY``; empty when the variable is unset."""
+    env = os.environ.get(ENV_REGISTRY, "").strip()
+    if not env:
+        return {}
+    path = Path(env).expanduser()
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise CheckpointError(f"cannot read {ENV_REGISTRY}={env}: {e}") from None
+    if not rows or not {"id", "md5_prefix"} <= set(rows[0]):
+        raise CheckpointError(
+            f"{ENV_REGISTRY}={env} must be a CSV with columns 'id' and 'md5_prefix' and at least one row "
+            "(laid out like data_manifests/checkpoints.csv)"
+        )
+    out: dict[str, str] = {}
+    for row in rows:
+        ckpt_id, spec = (row.get("id") or "").strip(), f"md5:{(row.get('md5_prefix') or '').strip()}"
+        if ckpt_id not in RELEASED:
+            raise CheckpointError(f"{ENV_REGISTRY}={env} lists {ckpt_id!r}, not a released id ({', '.join(RELEASED)})")
+        try:
+            _parse_hash(spec)
+        except CheckpointError as e:
+            raise CheckpointError(f"{ENV_REGISTRY}={env}, row {ckpt_id}: {e}") from None
+        out[ckpt_id] = spec
+    return out
+
+
+def expected_hash(ckpt_id: str) -> str:
+    """The hash :func:`fetch` verifies ``<id>.pt`` of a released id against: ``"md5:<published prefix>"``, or the
+    ``md5_prefix`` that the CSV named by ``$SYNCHLIB_REGISTRY`` lists for that id.
+
+    ``$SYNCHLIB_REGISTRY`` goes with ``$SYNCHLIB_MIRROR`` when the mirror serves other files under the released ids
+    (re-exported weights, test checkpoints); it is read on every call, so child processes (notebook kernels,
+    workers) that inherit the environment verify against the same hashes.
+    """
+    if ckpt_id not in RELEASED:
+        raise CheckpointError(f"unknown checkpoint id {ckpt_id!r}; released ids: {', '.join(RELEASED)}")
+    try:
+        override = _registry_overrides().get(ckpt_id)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; unset {ENV_REGISTRY} to verify against the published hashes") from None
+    return override or RELEASED[ckpt_id].expected_hash
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -425,7 +476,8 @@ def fetch(
             ``known_hash``.
         filename: file to fetch; ``<id>.pt`` by default (``cfg-<id>.yaml`` also works, without verification).
         known_hash: ``"md5:<hex>"`` or ``"sha256:<hex>"`` (full digest or a prefix of >= 7 digits) to verify against
-            instead of the published md5 prefix, e.g. from a mirror's manifest.
+            instead of the published md5 prefix (or the one ``$SYNCHLIB_REGISTRY`` lists, see
+            :func:`expected_hash`), e.g. from a mirror's manifest.
         with_config: also fetch ``cfg-<id>.yaml`` next to the checkpoint; a failure there only warns, since
             synchlib ships the configs of the released ids.
         progress: show a tqdm progress bar while downloading.
@@ -444,7 +496,7 @@ def fetch(
             "Pass known_hash= to fetch another id from a mirror, or pass a path to a local file."
         )
     filename = filename or f"{_check_component(ckpt_id, 'id')}.pt"
-    expected = known_hash or (entry.expected_hash if entry and filename == entry.filename else None)
+    expected = known_hash or (expected_hash(ckpt_id) if entry and filename == entry.filename else None)
     if expected is not None:
         _parse_hash(expected)  # fail early on a malformed hash
     url = checkpoint_url(ckpt_id, filename)

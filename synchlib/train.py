@@ -5,10 +5,15 @@ decodes them and every training and evaluation window goes through the inference
 (:func:`synchlib.preprocess.clip_from_decoded`), so the model learns exactly what ``predict`` later feeds it.
 Decoded clips are kept in memory; windows are drawn at random (clip, start time, offset from the grid).
 
-One stage, end to end: the feature extractors and the synchronisation module are trained together with
-cross-entropy on the offset class (the reference trains in two stages; see :func:`pretrain_contrastive` and the
-comparison in the training record). AdamW, linear warm-up then cosine decay, gradient clipping, seeded and
-deterministic data order.
+One stage, end to end, from a structured start. Trained from random weights, the synchronisation transformer sits
+on a plateau at chance far longer than a CPU budget allows (see the comment above :func:`init_lag_bank`), so by
+default (``init="lag-bank"``) it starts as a bank of lag detectors: the positional table holds the tokens' times,
+each of the 21 heads of the first block looks from the audio at the video one grid offset away, the first MLP
+marks coincidences and the OFF token pools them. The feature extractors start random and must learn what an event
+looks and sounds like: the offset cross-entropy trains everything (the synchronisation module at a reduced
+learning rate), helped by an auxiliary event-detection loss on the generator's ground truth (the event scores start as
+linear probes fitted on ``probe_windows`` windows of the random features). ``init="random"`` trains the plain architecture (and shows
+the plateau). AdamW, linear warm-up then cosine decay, gradient clipping, seeded and deterministic data order.
 
 >>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 6 minutes on 2 cores)
 >>> record = train_short()                                 # doctest: +SKIP  (< 1.5 min, for a notebook)
@@ -71,26 +76,28 @@ class TrainSettings:
 
     config: str = CONFIG_NAME
     seed: int = 0
-    steps: int = 300
-    batch_size: int = 16
+    steps: int = 360
+    batch_size: int = 12
     lr: float = 2e-3
     min_lr_frac: float = 0.02  # cosine decays to lr * min_lr_frac
     weight_decay: float = 0.05
-    warmup_steps: int = 30
+    warmup_steps: int = 10
     grad_clip: float = 1.0
-    n_train_clips: int = 120
-    n_eval_clips: int = 40
-    n_eval_windows: int = 210
-    eval_every: int = 50
-    n_curve_windows: int = 63  # held-out windows per learning-curve point (the final point uses n_eval_windows)
+    n_train_clips: int = 80
+    n_eval_clips: int = 20
+    n_eval_windows: int = 200
+    eval_every: int = 90
+    n_curve_windows: int = 42  # held-out windows per learning-curve point (the final point uses n_eval_windows)
     clip_duration_sec: float = synthetic.DEFAULT_DURATION_SEC
     threads: int = 2
     workers: int = 2  # processes generating and decoding clips
     pretrain_steps: int = 0  # > 0: two-stage training (contrastive pre-training, then frozen extractors)
     pretrain_lr: float = 2e-3
     temperature: float = 0.07
-    init: str = "random"  # "random" (the model's own initialisation) or "lag-bank" (experimental, see init_lag_bank)
+    init: str = "lag-bank"  # "lag-bank" (see init_lag_bank) or "random" (the model's own initialisation)
     event_weight: float = 1.0  # weight of the auxiliary event-detection loss (lag-bank init only; 0 turns it off)
+    probe_windows: int = 16  # > 0: start the event scores as linear probes fitted on this many windows
+    sync_lr_scale: float = 0.1  # learning-rate factor of the synchronisation module after a lag-bank init (0: frozen)
 
 
 INITS = ("lag-bank", "random")
@@ -332,9 +339,12 @@ def evaluate(model: Synchformer, decoded_clips: Sequence[Decoded], cfg: Config |
 #                     dims T_v, of each audio token in T_a (times from the segment layout);
 #   input norms       pass one "event" dim each (visual: EV, audio: EA), in [0, content];
 #   block 1 attention head c (one per offset class) lets audio token t look at the video at time t + grid[c]
-#                     (query = time code rotated by grid[c]) and copies that token's EV into L[c];
+#                     (query = time code rotated by grid[c]) and copies that token's EV into L[c]; when that
+#                     time is outside the video window, it looks at the OFF/MOD tokens instead (a sink: they
+#                     hold no event), not at whichever video token the time code aliases to;
 #   block 1 MLP       hidden unit c fires when EA and L[c] are both high and writes B[c] (a coincidence);
-#   block 2 attention uniform average of B over all tokens into S[c] of the OFF token;
+#   block 2 attention the OFF token attends to the audio tokens that hold a sound (key: EA) and averages their
+#                     B into S[c]: for each sound, the offsets at which a flash matches it (a vote);
 #   head              logit c = gain * S[c].
 
 LAG_BANK_PERIODS = (0.63, 0.67, 1.2, 3.5)  # s; chosen so the kernel sum cos(2 pi d / p) is high only for |d| < 0.1 s
@@ -344,11 +354,18 @@ LAG_BANK_HIT = 0.5  # L[c] for a full match
 LAG_BANK_AND_GAIN = 8.0  # slope of the coincidence units
 LAG_BANK_AND_THRESHOLD = 1.2  # EA/CONTENT + L/HIT must exceed this (2 at a full match)
 LAG_BANK_COINCIDENCE = 0.3  # B[c] written per coincidence
-LAG_BANK_TYPICAL_HITS = 10.0  # coincidences expected at the true offset in one window
-LAG_BANK_POOLED = 0.3  # S[c] for a typical true offset
+LAG_BANK_SINK_LEVEL = 0.5  # audio tokens' constant (sink query), in units of amp
+LAG_BANK_SINK_MARGIN = 1.0  # the sink scores like a video token whose kernel is this far below a perfect match
+LAG_BANK_POOL_BETA = 5.0  # block-2 attention logit of the OFF token on an audio token with a full event score
+LAG_BANK_POOLED = 0.3  # S[c] when every attended token is a coincidence at offset c
 LAG_BANK_HEAD_GAIN = 3.0
-PATCH_FAN_IN_REF = 256  # fan-in (1x16x16) at which a patch-embedding kernel trains at the full learning rate
+FAN_IN_REF = 64  # fan-in up to which a weight trains at the full learning rate (see lr_scale)
 EVENT_POS_WEIGHT = 4.0  # events are sparse (about 1 token in 8): weigh the positives up in the detection loss
+PROBE_L2 = 1e-2  # ridge penalty of the event probes (on standardised features)
+PROBE_STD_FLOOR = 0.3  # of the overall feature spread
+PROBE_LOGIT_STD = 4.0  # the probes' scores are scaled down to at most this spread
+PROBE_ITERS = 100
+PROBE_WINDOWS = 16  # windows whose tokens fit the event probes at the start
 
 
 @dataclass(frozen=True)
@@ -360,6 +377,7 @@ class LagBankLayout:
     event_v: int
     event_a: int
     const: int
+    sink: int  # audio tokens' constant: lets them attend to the OFF/MOD tokens when the video is out of view
     lag: np.ndarray  # (C,) L: video event seen at each offset
     hit: np.ndarray  # (C,) B: coincidences
     pooled: np.ndarray  # (C,) S: pooled coincidences (OFF token)
@@ -392,18 +410,19 @@ def lag_bank_layout(cfg: Config) -> LagBankLayout:
     """The residual layout :func:`init_lag_bank` uses; raises :class:`TrainError` when the config cannot hold it."""
     sync, C = cfg.sync, cfg.sync.num_classes
     F = len(LAG_BANK_PERIODS)
-    if sync.heads != C or sync.dim % sync.heads or sync.dim // sync.heads < 2 * F or sync.depth < 2:
+    E = 2 * F + 1  # time code + attention sink
+    if sync.heads != C or sync.dim % sync.heads or sync.dim // sync.heads < E or sync.depth < 2:
         raise TrainError(
             f"the lag-bank initialisation needs one attention head per offset class (n_head = {C}), a head size "
-            f"of at least {2 * F} (n_embd >= {2 * F * C}, divisible by n_head) and n_layer >= 2; the config has "
+            f"of at least {E} (n_embd >= {E * C}, divisible by n_head) and n_layer >= 2; the config has "
             f"n_head={sync.heads}, n_embd={sync.dim}, n_layer={sync.depth}"
         )
-    first = 4 * F + 3
+    first = 4 * F + 4
     if first + 3 * C > sync.dim or sync.head != "offset":
         raise TrainError(f"n_embd={sync.dim} is too small for the lag bank (needs {first + 3 * C}) or the head "
                          "is not an offset head")
     lag = np.arange(first, first + C)
-    return LagBankLayout(np.arange(0, 2 * F), np.arange(2 * F, 4 * F), 4 * F, 4 * F + 1, 4 * F + 2,
+    return LagBankLayout(np.arange(0, 2 * F), np.arange(2 * F, 4 * F), 4 * F, 4 * F + 1, 4 * F + 2, 4 * F + 3,
                          lag, lag + C, lag + 2 * C)
 
 
@@ -438,6 +457,7 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
     pos[1 : 1 + nv, lay.time_v] = f32(time_code(tv, LAG_BANK_PERIODS, amp))
     pos[1 + nv, lay.const] = norm  # MOD
     pos[2 + nv : 2 + nv + na, lay.time_a] = f32(time_code(ta, LAG_BANK_PERIODS, amp))
+    pos[2 + nv : 2 + nv + na, lay.sink] = LAG_BANK_SINK_LEVEL * amp
     tr.pos_emb_cfg.pos_emb.copy_(pos[None])
     tr.OFF_tok.zero_()
     tr.MOD_tok.zero_()
@@ -460,6 +480,8 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
     # block 1 attention: head c, audio time t -> video time t + grid[c]
     a = b1.attn
     kq = math.sqrt(LAG_BANK_BETA) * E**0.25 * sig / amp  # q.k / sqrt(E) = BETA * sum_j cos(...)
+    sink_qk = LAG_BANK_BETA * (F - LAG_BANK_SINK_MARGIN) * math.sqrt(E) * sig**2 / (LAG_BANK_SINK_LEVEL * amp * norm)
+    sink_q = sink_k = math.sqrt(sink_qk)
     w = 2 * np.pi / np.asarray(LAG_BANK_PERIODS)
     for c in range(C):
         rows = slice(c * E, c * E + 2 * F)
@@ -468,6 +490,10 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
             rot[2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = _rotation(w[j] * grid[c])
         a.query.weight[rows, lay.time_a] = f32(rot * kq)
         a.key.weight[rows, lay.time_v] = torch.eye(2 * F) * kq
+        # sink: OFF and MOD (constant dim) score BETA * (F - SINK_MARGIN) for every audio token, more than any
+        # video token away from the looked-at time, so a look past the video's edge finds no event
+        a.query.weight[c * E + 2 * F, lay.sink] = sink_q
+        a.key.weight[c * E + 2 * F, lay.const] = sink_k
         a.value.weight[c * E, lay.event_v] = sig * hit / content
         a.proj.weight[lay.lag[c], c * E] = 1.0
     # block 1 MLP: coincidence units
@@ -477,16 +503,64 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
         up.weight[c, lay.event_a] = LAG_BANK_AND_GAIN * sig / content
         up.bias[c] = -LAG_BANK_AND_GAIN * LAG_BANK_AND_THRESHOLD
         down.weight[lay.hit[c], c] = LAG_BANK_COINCIDENCE * amp / (LAG_BANK_AND_GAIN * (2 - LAG_BANK_AND_THRESHOLD))
-    # block 2 attention: uniform pooling of the coincidences (zero query/key)
-    n_tok = pos.shape[0]
+    # block 2 attention: the OFF token (query from its constant dim) attends to the audio tokens with a sound
+    qk = math.sqrt(LAG_BANK_POOL_BETA * math.sqrt(E)) * sig
     for c in range(C):
-        b2.attn.value.weight[c * E, lay.hit[c]] = (LAG_BANK_POOLED * n_tok / LAG_BANK_TYPICAL_HITS * sig
-                                                   / LAG_BANK_COINCIDENCE)
+        rows = c * E
+        b2.attn.query.weight[rows, lay.const] = qk / norm
+        b2.attn.key.weight[rows, lay.event_a] = qk / content
+        b2.attn.value.weight[c * E, lay.hit[c]] = LAG_BANK_POOLED * sig / LAG_BANK_COINCIDENCE
         b2.attn.proj.weight[lay.pooled[c], c * E] = 1.0
     zero(tr.off_head)
     for c in range(C):
         tr.off_head.weight[c, lay.pooled[c]] = LAG_BANK_HEAD_GAIN
     return lay
+
+
+def fit_logistic(x: Tensor, y: Tensor, pos_weight: float = EVENT_POS_WEIGHT, l2: float = PROBE_L2,
+                 max_iter: int = PROBE_ITERS) -> tuple[Tensor, float]:
+    """Weighted logistic regression of y (n,) in {0, 1} on x (n, d) with L-BFGS; returns (w (d,), b) on the
+    original scale of x. Features are standardised for the fit, with a floor on the scale (a feature that barely
+    varies must not get a huge weight, or the first training steps would swing the score wildly)."""
+    mean = x.mean(0)
+    std = torch.maximum(x.std(0), PROBE_STD_FLOOR * x.std()) + 1e-6
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+    pw = torch.tensor(pos_weight)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(z @ w + b, y, pos_weight=pw) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_orig = (w / std).detach()
+    return w_orig, float(b.detach() - (w_orig * mean).sum())
+
+
+@torch.no_grad()
+def init_event_readouts(model: Synchformer, batch: Batch, layout: LagBankLayout) -> dict[str, float]:
+    """Set the lag bank's event scores (rows ``event_v`` / ``event_a`` of the projections) to linear probes
+    fitted on the freshly initialised features of ``batch`` (which must hold event targets). Random features
+    already tell events apart linearly; finding that readout by gradient steps alone takes many steps.
+    Returns the probes' training accuracies."""
+    out = {}
+    for name, feats, proj, dim, target in (
+        ("video", model.extract_vfeats(batch.vid), model.vproj, layout.event_v, batch.event_v),
+        ("audio", model.extract_afeats(batch.aud), model.aproj, layout.event_a, batch.event_a),
+    ):
+        x, y = feats.reshape(-1, feats.shape[-1]), target.reshape(-1)
+        with torch.enable_grad():
+            w, b = fit_logistic(x, y)
+        logits = x @ w + b
+        shrink = min(1.0, PROBE_LOGIT_STD / float(logits.std()))  # a separable fit has huge weights: tame them
+        proj.weight[dim] = w * shrink
+        proj.bias[dim] = b * shrink
+        out[f"{name}_probe_acc"] = float(((x @ w + b > 0).float() == y).float().mean())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -504,24 +578,36 @@ def lr_at(step: int, steps: int, lr: float, warmup_steps: int, min_lr_frac: floa
 
 
 def lr_scale(p: Tensor) -> float:
-    """Learning-rate factor of a parameter: ``sqrt(PATCH_FAN_IN_REF / fan_in)`` (at most 1) for convolution
-    kernels (the patch embeddings, whose fan-in reaches 3*2*32*32), 1 otherwise. Adam moves every weight by about
-    the learning rate, and a kernel with a large fan-in has small weights."""
-    if p.ndim < 4:
+    """Learning-rate factor of a parameter: ``FAN_IN_REF / fan_in`` (at most 1) for weight matrices and kernels,
+    1 for vectors. Adam moves every weight by about the learning rate, so a unit's output moves by about
+    ``lr * fan_in``: the visual tubelet embedding (fan-in 3*2*32*32) would swing its features at the rate that
+    suits a 64-wide layer."""
+    if p.ndim < 2:
         return 1.0
-    return min(1.0, math.sqrt(PATCH_FAN_IN_REF / p[0].numel()))
+    return min(1.0, FAN_IN_REF / p[0].numel())
 
 
-def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float,
+                   extra_scale: dict[int, float] | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and kernels only (not on biases, norms, tokens or tables of ndim < 2)
-    and a smaller learning rate for large convolution kernels (:func:`lr_scale`)."""
+    and a learning rate scaled down for large fan-ins (:func:`lr_scale`); ``extra_scale`` multiplies the
+    learning rate of chosen parameters (by ``id``)."""
     params = [p for p in params if p.requires_grad]
+    extra_scale = extra_scale or {}
     groups: dict[tuple[float, float], list] = {}
     for p in params:
-        key = (weight_decay if p.ndim >= 2 else 0.0, lr_scale(p))
+        key = (weight_decay if p.ndim >= 2 else 0.0, lr_scale(p) * extra_scale.get(id(p), 1.0))
         groups.setdefault(key, []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr_scale": sc, "lr": lr * sc}
                               for (wd, sc), ps in groups.items()], lr=lr, betas=(0.9, 0.98))
+
+
+def train_only_row(linear: nn.Linear, row: int) -> list:
+    """Zero the gradients of every output row of ``linear`` but ``row`` (weight and bias); returns the hook
+    handles. Keeps the lag bank's projections sparse while the event score trains."""
+    mask = torch.zeros(linear.out_features, 1)
+    mask[row] = 1.0
+    return [linear.weight.register_hook(lambda g: g * mask), linear.bias.register_hook(lambda g: g * mask[:, 0])]
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -710,13 +796,21 @@ def fit(
     model.segment_chunk = TRAIN_SEGMENT_CHUNK
     rng = np.random.default_rng([s.seed, 1])
     curve: list[dict] = []
+    if layout is not None and s.probe_windows:
+        probe = make_batch(train_clips, sample_windows(rng, train_clips, s.probe_windows, cfg), cfg, events=True)
+        init_event_readouts(model, probe, layout)
 
     if s.pretrain_steps:
         pretrain_contrastive(model, train_clips, cfg, s, rng, progress)
         for module in (model.vfeat_extractor, model.afeat_extractor):
             module.requires_grad_(False)
 
-    opt = make_optimizer(model.parameters(), s.lr, s.weight_decay)
+    hooks, scales = [], {}
+    if layout is not None:  # the lag bank trains slowly (or not at all): Adam would blur its sparse weights
+        hooks = train_only_row(model.vproj, layout.event_v) + train_only_row(model.aproj, layout.event_a)
+        model.transformer.requires_grad_(s.sync_lr_scale > 0)
+        scales = {id(p): s.sync_lr_scale for p in model.transformer.parameters()}
+    opt = make_optimizer(model.parameters(), s.lr, s.weight_decay, scales)
     bar = tqdm(range(s.steps), desc="train", unit="step", disable=not progress)
     for step in bar:
         lr = lr_at(step, s.steps, s.lr, s.warmup_steps, s.min_lr_frac)
@@ -740,8 +834,9 @@ def fit(
         if callback is not None:
             callback(point)
     bar.close()
-    for module in (model.vfeat_extractor, model.afeat_extractor):
-        module.requires_grad_(True)
+    for handle in hooks:
+        handle.remove()
+    model.requires_grad_(True)
     model.segment_chunk = inference_chunk
     return model.eval(), curve, time.perf_counter() - t0
 

@@ -317,6 +317,38 @@ def test_fetch_other_id_with_known_sha256(env: Path, server: FileServer, fake: b
         fetch_quick("mirror-only", known_hash="sha1:abcdef0")
 
 
+def test_registry_env_replaces_the_published_hash(env: Path, server: FileServer, fake: bytes, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """$SYNCHLIB_REGISTRY (a CSV like data_manifests/checkpoints.csv) names the hash a mirror's file is checked
+    against; read from the environment, so notebook kernels and other child processes see it too."""
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    md5 = hashlib.md5(fake).hexdigest()
+    wrong = "0000000" if not md5.startswith("0000000") else "1111111"
+    registry = tmp_path / "registry.csv"
+    monkeypatch.setenv(ck.ENV_REGISTRY, str(registry))
+    registry.write_text(f"id,md5_prefix\n{TEST_ID},{wrong}\n")  # wins over the (matching) published prefix
+    with pytest.raises(CheckpointError, match=f"starting with {wrong}"):
+        fetch_quick()
+    assert_clean(env)
+    monkeypatch.setitem(ck.RELEASED, TEST_ID, dataclasses.replace(ck.RELEASED[TEST_ID], md5_prefix=wrong))
+    registry.write_text(f"id,md5_prefix,url\n{TEST_ID},{md5},ignored\n")  # other columns are ignored
+    assert ck.expected_hash(TEST_ID) == f"md5:{md5}"
+    assert fetch_quick().read_bytes() == fake and server.hits[route] == 2
+    for text, message in [
+        ("id,md5\nx,y\n", "columns 'id' and 'md5_prefix'"),
+        (f"id,md5_prefix\nnot-an-id,{md5}\n", "not a released id"),
+        (f"id,md5_prefix\n{TEST_ID},abc\n", "invalid hash"),
+    ]:
+        registry.write_text(text)
+        with pytest.raises(CheckpointError, match=message):
+            fetch_quick()
+    monkeypatch.setenv(ck.ENV_REGISTRY, str(tmp_path / "missing.csv"))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        ck.expected_hash(TEST_ID)
+    monkeypatch.delenv(ck.ENV_REGISTRY)
+    assert ck.expected_hash(TEST_ID) == f"md5:{wrong}"
+
+
 def test_fetch_with_config(env: Path, server: FileServer, fake: bytes) -> None:
     server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
     server.serve(TEST_ID, f"cfg-{TEST_ID}.yaml", ("ok", b"action: train_avsync_model\n"))

@@ -19,7 +19,11 @@ CKPT = ASSETS / "tiny-synthetic.pt"
 RECORD = ASSETS / "tiny-synthetic.json"
 MAX_CKPT_BYTES = 10 * 1024 * 1024
 N_TEST_CLIPS = 6
-WINDOWS_PER_CLIP = 8
+WINDOWS_PER_CLIP = 10
+MIN_ACC1 = 0.75  # far above chance (0.048); the teaching issue asks for 0.95, which the shipped model does not reach
+EVENT_RADIUS_SEC = 0.1  # a token "holds" an event when its centre is this close to the event
+MIN_EVENT_ATTENTION = 0.5  # share of the OFF token's attention that must land on event tokens ...
+MIN_EVENT_LIFT = 2.0  # ... and at least this many times their share of the tokens (uniform attention: 1)
 RECORD_FIELDS = ("seed", "steps", "n_train_clips", "wall_time_sec", "machine", "metrics", "curve", "command")
 SMOKE = dict(steps=2, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
              eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0)
@@ -80,15 +84,48 @@ def test_record_has_required_fields(record):
 
 
 def test_record_accuracy_is_reproduced(shipped_model, record, cfg):
-    """Re-evaluating the shipped model on the record's held-out clips and windows gives the recorded numbers.
-
-    (The teaching issue's target, >= 95 % acc@1, is NOT reached by the shipped model: see the README.)"""
+    """Re-evaluating the shipped model on the record's held-out clips and windows gives the recorded numbers."""
     model, _ = shipped_model
     seeds = T.clip_seeds(record["seed"], record["metrics"]["heldout_clips"], T.EVAL_INDEX0)
     clips = T.synth_clips(seeds, cfg, progress=False)
     res = T.evaluate(model, clips, cfg, record["metrics"]["heldout_windows"], record["metrics"]["heldout_eval_seed"])
     assert res["acc1"] == pytest.approx(record["metrics"]["heldout_acc1"], abs=1e-9)
     assert res["acc1_pm1"] == pytest.approx(record["metrics"]["heldout_acc1_pm1"], abs=1e-9)
+
+
+def test_shipped_model_is_accurate_on_unseen_clips(shipped_model, test_clips, cfg):
+    """Clips from seeds never used in training or in the record, random grid offsets and start times."""
+    model, _ = shipped_model
+    clips, _ = test_clips
+    n = N_TEST_CLIPS * WINDOWS_PER_CLIP
+    res = T.evaluate(model, clips, cfg, n, seed=12345)
+    assert res["n_windows"] == n
+    assert res["acc1"] >= MIN_ACC1, res
+
+
+def test_off_token_attends_to_the_events(shipped_model, test_clips, cfg):
+    """Most of the OFF token's attention (last block, where the answer is read) lands on the few tokens that hold
+    a paired event, far above their share of the tokens."""
+    from synchlib.attention import explain
+    from synchlib.synthetic import read_events
+
+    model, _ = shipped_model
+    _, paths = test_clips
+    shares, lifts = [], []
+    for i, path in enumerate(paths[:3]):
+        offset = float(cfg.grid[[3, 10, 17][i]])
+        clip = load_clip(path, offset, 2.5, cfg)
+        ex = explain(model, clip)
+        events = np.asarray(read_events(path).av_events)
+        near_v = (np.abs(ex.visual_times[:, None] - events[None]) <= EVENT_RADIUS_SEC).any(1)
+        near_a = (np.abs(ex.audio_times[:, None] - events[None]) <= EVENT_RADIUS_SEC).any(1)
+        att = np.concatenate([ex.off_visual.ravel(), ex.off_audio.ravel()])
+        near = np.concatenate([near_v, near_a])
+        share = att[near].sum() / att.sum()
+        shares.append(share)
+        lifts.append(share / near.mean())
+    assert min(shares) >= MIN_EVENT_ATTENTION, shares
+    assert min(lifts) >= MIN_EVENT_LIFT, lifts
 
 
 def test_inference_on_file_matches_training_batch(shipped_model, test_clips, cfg):
