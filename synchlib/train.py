@@ -76,7 +76,7 @@ class TrainSettings:
 
     config: str = CONFIG_NAME
     seed: int = 0
-    steps: int = 360
+    steps: int = 350
     batch_size: int = 12
     lr: float = 2e-3
     min_lr_frac: float = 0.02  # cosine decays to lr * min_lr_frac
