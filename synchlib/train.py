@@ -15,7 +15,7 @@ learning rate), helped by an auxiliary event-detection loss on the generator's g
 linear probes fitted on ``probe_windows`` windows of the random features). ``init="random"`` trains the plain architecture (and shows
 the plateau). AdamW, linear warm-up then cosine decay, gradient clipping, seeded and deterministic data order.
 
->>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 6 minutes on 2 cores)
+>>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 10 minutes on 2 cores)
 >>> record = train_short()                                 # doctest: +SKIP  (< 1.5 min, for a notebook)
 >>> [(p["step"], p["loss"]) for p in record["curve"]]      # doctest: +SKIP
 
