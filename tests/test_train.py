@@ -20,7 +20,7 @@ RECORD = ASSETS / "tiny-synthetic.json"
 MAX_CKPT_BYTES = 10 * 1024 * 1024
 N_TEST_CLIPS = 6
 WINDOWS_PER_CLIP = 10
-MIN_ACC1 = 0.75  # far above chance (0.048); the teaching issue asks for 0.95, which the shipped model does not reach
+MIN_ACC1 = 0.85  # measured 0.90 here (chance 0.048); the teaching issue asks for 0.95, not reached yet
 EVENT_RADIUS_SEC = 0.1  # a token "holds" an event when its centre is this close to the event
 MIN_EVENT_ATTENTION = 0.5  # share of the OFF token's attention that must land on event tokens ...
 MIN_EVENT_LIFT = 2.0  # ... and at least this many times their share of the tokens (uniform attention: 1)
@@ -166,6 +166,61 @@ def test_training_smoke_is_deterministic(tmp_path):
     sd, meta = read_checkpoint(out)
     model.load_state_dict(sd, strict=True)
     assert meta["epoch"] == SMOKE["steps"] and meta["args"]["data"]["size_before_crop"] == 64
+
+
+def _ideal_inputs(cfg, events_sec: np.ndarray, start_sec: float, offset_sec: float) -> tuple[torch.Tensor, ...]:
+    """Projected tokens as the lag bank's projections would give them for perfect event detectors: (v (1, Nv, D),
+    a (1, Na, D)), a score of +-SCORE in the event dims, the projections' constant in the spare dim."""
+    lay = T.lag_bank_layout(cfg)
+    tv, ta = T.token_times(cfg)
+    e = events_sec - start_sec
+    hit_v = (np.abs(tv[:, None] - e[None]) <= 0.04).any(1)  # the video token showing the flash
+    hit_a = (np.abs(ta[:, None] - (e[None] - offset_sec)) <= 0.05).any(1)  # the audio token hearing the click
+    D = cfg.sync.dim
+    v, a = torch.zeros(1, len(tv), D), torch.zeros(1, len(ta), D)
+    for x, hit, dim in ((v, hit_v, lay.event_v), (a, hit_a, lay.event_a)):
+        x[0, :, D - 1] = 1.0
+        x[0, :, dim] = torch.from_numpy(np.where(hit, IDEAL_SCORE, -IDEAL_SCORE)).float()
+    return v, a
+
+
+IDEAL_SCORE = 4.0
+
+
+def _lag_bank_accuracy(cfg, n_windows: int = 126) -> tuple[float, float]:
+    """(acc@1 over all windows, acc@1 on the two offsets at each end of the grid) of a freshly initialised lag
+    bank on perfect event scores: random event timings (generator-like gaps), every grid offset in turn."""
+    model = build_model(cfg).eval()
+    T.init_lag_bank(model, cfg)
+    rng = np.random.default_rng(0)
+    grid, right, ends = cfg.data.grid, [], []
+    for i in range(n_windows):
+        events = np.round(np.cumsum(0.32 + rng.gamma(2.0, 0.25, 40)) * cfg.data.vfps) / cfg.data.vfps  # on frames
+        c = i % len(grid)
+        v, a = _ideal_inputs(cfg, events, round(float(rng.uniform(2.2, 4.0)), 2), float(grid[c]))
+        with torch.no_grad():
+            right.append(int(model.transformer(v, a).argmax()) == c)
+        ends.append(c in (0, 1, len(grid) - 2, len(grid) - 1))
+    right, ends = np.array(right), np.array(ends)
+    return float(right.mean()), float(right[ends].mean())
+
+
+def test_lag_bank_finds_the_offset_from_perfect_event_scores(cfg):
+    """The hand-wired synchronisation module, before any training, on perfect event scores: right on >= 95 % of
+    random windows, at the grid's ends too (measured: 0.98, ends 1.0)."""
+    acc, acc_ends = _lag_bank_accuracy(cfg)
+    assert acc >= 0.95 and acc_ends >= 0.95, (acc, acc_ends)
+
+
+@pytest.mark.parametrize("constant, value, which", [("LAG_BANK_ELIGIBLE_PENALTY", 0.0, "ends"),
+                                                    ("LAG_BANK_EVENT_BONUS", 0.0, "all")])
+def test_lag_bank_needs_its_penalty_and_its_event_bonus(cfg, monkeypatch, constant, value, which):
+    """Without the eligibility penalty (a plain count of coincidences) offsets at the grid's ends, where fewer
+    sounds can be matched, lose to chance coincidences in the middle (measured 0.79 there); without the event bonus
+    a look misses a flash one token away from the looked-at time (measured 0.64 overall)."""
+    monkeypatch.setattr(T, constant, value)
+    acc, acc_ends = _lag_bank_accuracy(cfg)
+    assert (acc_ends if which == "ends" else acc) < 0.9, (acc, acc_ends)
 
 
 def test_lr_schedule():

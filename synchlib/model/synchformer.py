@@ -47,8 +47,10 @@ class Synchformer(nn.Module):
         view of overlapping segments (as :func:`synchlib.preprocess.load_clip` makes it) and is never copied whole.
         """
         B, S = vid.shape[:2]
-        pairs = [(b, s) for b in range(B) for s in range(S)]
         step = max(1, self.segment_chunk)
+        if step >= B * S:  # all at once (training): one copy of vid at most
+            return self.vfeat_extractor(vid)
+        pairs = [(b, s) for b in range(B) for s in range(S)]
         chunks = [
             self.vfeat_extractor(torch.stack([vid[b, s] for b, s in pairs[i : i + step]])[:, None])
             for i in range(0, len(pairs), step)

@@ -25,16 +25,26 @@ class PatchEmbed2d(nn.Module):
 
 
 class PatchEmbed3d(nn.Module):
-    """Tubelet embedding: Conv3d with kernel = stride = (tubelet, patch, patch)."""
+    """Tubelet embedding: a Conv3d with kernel = stride = (tubelet, patch, patch), stored as one (``proj``).
+
+    The tubelets do not overlap, so the convolution is computed as one matrix product of the flattened tubelets
+    with the flattened kernel: the same sums, and on CPU several times faster than the convolution (its weight
+    gradient above all) without the (N, C, T, H, W) copy of the input that the convolution needs.
+    """
 
     def __init__(self, cfg: VisualConfig):
         super().__init__()
-        k = (cfg.tubelet, cfg.patch_size, cfg.patch_size)
-        self.proj = nn.Conv3d(3, cfg.dim, k, stride=k)
+        self.kernel = (cfg.tubelet, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv3d(3, cfg.dim, self.kernel, stride=self.kernel)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (N, C, T, H, W) -> tokens (N, t*h*w, D), flattened time-major (index t*h*w_ + h*w_ + w)."""
-        return self.proj(x).flatten(2).transpose(1, 2)
+        """x (N, T, C, H, W) -> tokens (N, t*h*w, D), flattened time-major (index t*h*w_ + h*w_ + w)."""
+        N, T, C, H, W = x.shape
+        kt, kh, kw = self.kernel
+        t, h, w = T // kt, H // kh, W // kw
+        tubelets = x[:, : t * kt, :, : h * kh, : w * kw].reshape(N, t, kt, C, h, kh, w, kw)
+        tubelets = tubelets.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(N, t * h * w, C * kt * kh * kw)
+        return F.linear(tubelets, self.proj.weight.flatten(1), self.proj.bias)  # kernel flattened as (C, kt, kh, kw)
 
 
 class DividedAttention(nn.Module):
@@ -127,7 +137,7 @@ class MotionFormer(nn.Module):
         """clips (N, T, C, H, W) -> normalised patch tokens (N, t, h*w, D) after the last block."""
         N = clips.shape[0]
         t, n = self.cfg.t_tokens, self.cfg.grid**2
-        x = self.patch_embed_3d(clips.permute(0, 2, 1, 3, 4))  # (N, t*n, D)
+        x = self.patch_embed_3d(clips)  # (N, t*n, D)
         pos = (self.pos_embed[:, None, 1:] + self.temp_embed[:, :, None]).flatten(1, 2)  # (1, t*n, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(N, -1, -1)
         x = torch.cat([cls, x + pos], dim=1)  # (N, 1 + t*n, D)
