@@ -131,11 +131,12 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     out = HERE / "results" / "predict.json"
     out.parent.mkdir(exist_ok=True)
-    if args.only and out.is_file():  # keep the other part's last measurement (it names its own machine run)
+    if args.only and out.is_file():  # keep the other part's last measurement, with the machine it came from
         previous = json.loads(out.read_text())
-        kept = {k: v for k, v in previous.items() if k not in results}
+        marker = "kept_from_previous_run"
+        kept = {k: v for k, v in previous.items() if k not in results and k != marker}
         if kept:
-            results = {**results, "kept_from_previous_run": sorted(kept), **kept}
+            results = {**results, **kept, marker: {"parts": sorted(kept), "machine": previous["machine"]}}
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 
