@@ -371,10 +371,7 @@ LAG_BANK_ELIGIBLE = 0.1  # E[c] of an audio token whose look at offset c lands i
 LAG_BANK_ELIGIBLE_PENALTY = 0.3  # S[c] loses this much (x POOLED) per sound whose look at offset c could match
 LAG_BANK_HEAD_GAIN = 3.0
 FAN_IN_REF = 64  # fan-in up to which a weight trains at the full learning rate (see lr_scale)
-# Events are sparse (about 1 token in 8): the detection loss weighs the positives up. A weight w moves a score's
-# zero (where the lag bank's soft indicator switches) to P(event) = 1 / (1 + w), so the weight trades recall for
-# precision; chance coincidences with spurious flashes cost more than a missed one, so the video weight is lower.
-EVENT_POS_WEIGHT = {"video": 4.0, "audio": 4.0}
+EVENT_POS_WEIGHT = 4.0  # events are sparse (about 1 token in 8): weigh the positives up in the detection loss
 PROBE_L2 = 1e-2  # ridge penalty of the event probes (on standardised features)
 PROBE_STD_FLOOR = 0.3  # of the overall feature spread
 PROBE_LOGIT_STD = 4.0  # the probes' scores are scaled down to at most this spread
@@ -475,7 +472,8 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
     pos[2 + nv : 2 + nv + na, lay.time_a] = f32(time_code(ta, LAG_BANK_PERIODS, amp))
     pos[2 + nv : 2 + nv + na, lay.sink] = LAG_BANK_SINK_LEVEL * amp
     half_token = (tv[1] - tv[0]) / 2
-    in_view = (ta[:, None] + grid[None] >= tv.min() - half_token) & (ta[:, None] + grid[None] <= tv.max() + half_token)
+    look = ta[:, None] + grid[None]  # (na, C) video time each audio token looks at, per offset
+    in_view = (look >= tv.min() - half_token) & (look <= tv.max() + half_token)
     pos[2 + nv : 2 + nv + na, lay.eligible] = f32(in_view * eligible)
     tr.pos_emb_cfg.pos_emb.copy_(pos[None])
     tr.OFF_tok.zero_()
@@ -544,7 +542,7 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
     return lay
 
 
-def fit_logistic(x: Tensor, y: Tensor, pos_weight: float = 1.0, l2: float = PROBE_L2,
+def fit_logistic(x: Tensor, y: Tensor, pos_weight: float = EVENT_POS_WEIGHT, l2: float = PROBE_L2,
                  max_iter: int = PROBE_ITERS) -> tuple[Tensor, float]:
     """Weighted logistic regression of y (n,) in {0, 1} on x (n, d) with L-BFGS; returns (w (d,), b) on the
     original scale of x. Features are standardised for the fit, with a floor on the scale (a feature that barely
@@ -581,7 +579,7 @@ def init_event_readouts(model: Synchformer, batch: Batch, layout: LagBankLayout)
     ):
         x, y = feats.reshape(-1, feats.shape[-1]), target.reshape(-1)
         with torch.enable_grad():
-            w, b = fit_logistic(x, y, EVENT_POS_WEIGHT[name])
+            w, b = fit_logistic(x, y)
         logits = x @ w + b
         shrink = min(1.0, PROBE_LOGIT_STD / float(logits.std()))  # a separable fit has huge weights: tame them
         proj.weight[dim] = w * shrink
@@ -647,8 +645,8 @@ def event_loss(model: Synchformer, vfeats: Tensor, afeats: Tensor, batch: Batch,
     input norms) against the per-token event targets; mean of the video and audio terms."""
     zv = model.vproj(vfeats)[..., layout.event_v]  # (B, S, tv)
     za = model.aproj(afeats)[..., layout.event_a]  # (B, S, ta)
-    lv = F.binary_cross_entropy_with_logits(zv, batch.event_v, pos_weight=torch.tensor(EVENT_POS_WEIGHT["video"]))
-    la = F.binary_cross_entropy_with_logits(za, batch.event_a, pos_weight=torch.tensor(EVENT_POS_WEIGHT["audio"]))
+    lv = F.binary_cross_entropy_with_logits(zv, batch.event_v, pos_weight=torch.tensor(EVENT_POS_WEIGHT))
+    la = F.binary_cross_entropy_with_logits(za, batch.event_a, pos_weight=torch.tensor(EVENT_POS_WEIGHT))
     return 0.5 * (lv + la)
 
 

@@ -168,9 +168,12 @@ def test_training_smoke_is_deterministic(tmp_path):
     assert meta["epoch"] == SMOKE["steps"] and meta["args"]["data"]["size_before_crop"] == 64
 
 
+IDEAL_SCORE = 4.0  # event score of a perfect detector (a confident logit)
+
+
 def _ideal_inputs(cfg, events_sec: np.ndarray, start_sec: float, offset_sec: float) -> tuple[torch.Tensor, ...]:
     """Projected tokens as the lag bank's projections would give them for perfect event detectors: (v (1, Nv, D),
-    a (1, Na, D)), a score of +-SCORE in the event dims, the projections' constant in the spare dim."""
+    a (1, Na, D)), a score of +-IDEAL_SCORE in the event dims, the projections' constant in the spare dim."""
     lay = T.lag_bank_layout(cfg)
     tv, ta = T.token_times(cfg)
     e = events_sec - start_sec
@@ -182,9 +185,6 @@ def _ideal_inputs(cfg, events_sec: np.ndarray, start_sec: float, offset_sec: flo
         x[0, :, D - 1] = 1.0
         x[0, :, dim] = torch.from_numpy(np.where(hit, IDEAL_SCORE, -IDEAL_SCORE)).float()
     return v, a
-
-
-IDEAL_SCORE = 4.0
 
 
 def _lag_bank_accuracy(cfg, n_windows: int = 126) -> tuple[float, float]:
