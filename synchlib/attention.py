@@ -19,10 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .config import Config
 from .model import Synchformer
 from .predict import Prediction, clip_prediction
-from .preprocess import Clip, segment_layout
+from .preprocess import Clip, token_times
 
 
 @dataclass
@@ -47,20 +46,6 @@ def capture_attention(model: Synchformer) -> Iterator[AttentionRecord]:
     finally:
         for module, _ in targets:
             module.store = None
-
-
-def token_times(cfg: Config, start_sec: float, offset_sec: float) -> tuple[np.ndarray, np.ndarray]:
-    """Centre time, in seconds of the *source video*, of each visual token (S*tv,) and of each audio token
-    (S*ta,). Audio tokens are placed where their sound was taken from, i.e. shifted by the injected offset."""
-    d, v, a = cfg.data, cfg.visual, cfg.audio
-    vstarts, astarts, _, _ = segment_layout(d)
-    v_start = int(start_sec * d.vfps)
-    vt = (v_start + vstarts[:, None] + np.arange(v.t_tokens)[None] * v.tubelet + v.tubelet / 2) / d.vfps
-    spec_hop = d.hop_length / d.afps
-    at_in_seg = (np.arange(a.t_tokens) * a.tstride + a.patch_size / 2) * spec_hop
-    a_start = start_sec + round(offset_sec, 2)
-    at = a_start + astarts[:, None] / d.afps + at_in_seg[None]
-    return vt.reshape(-1).astype(np.float32), at.reshape(-1).astype(np.float32)
 
 
 @dataclass
@@ -106,6 +91,6 @@ def explain(model: Synchformer, clip: Clip, k: int = 5) -> Explanation:
     g = cfg.visual.grid
     spatial = torch.cat(rec.spatial)[:, :, 0, 1:].mean(1).numpy().reshape(S, tv, g, g)
     freq = torch.cat(rec.freq)[:, :, 0, 1:].mean(1).numpy().reshape(S, ta, cfg.audio.f_tokens)
-    vt, at = token_times(cfg, clip.start_sec, clip.offset_sec)
+    vt, at = (t.reshape(-1).astype(np.float32) for t in token_times(clip, cfg))
     frames = np.arange(S)[:, None] * cfg.data.step_vframes + np.arange(tv)[None] * cfg.visual.tubelet
     return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, frames, clip)

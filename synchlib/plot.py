@@ -171,18 +171,26 @@ def confusion(matrix: np.ndarray, grid: np.ndarray, ax=None):
 
 
 def learning_curve(curve: Sequence[dict], ax=None):
-    """Training loss and held-out accuracy against step (``curve``: dicts with step, loss and/or acc1)."""
+    """Training losses and held-out accuracy against step (``curve``: dicts with step and any of loss (offset
+    cross-entropy), event_loss (event detection) and acc1)."""
     fig, ax = _fig_ax(ax, (7, 3))
-    steps = [c["step"] for c in curve if "loss" in c]
-    ax.plot(steps, [c["loss"] for c in curve if "loss" in c], color="tab:blue", label="train loss")
+    for key, style, label in (("loss", "-", "offset loss (train)"), ("event_loss", "--", "event loss (train)")):
+        points = [(c["step"], c[key]) for c in curve if c.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, color="tab:blue", label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    handles, labels = ax.get_legend_handles_labels()
     acc = [(c["step"], c["acc1"]) for c in curve if c.get("acc1") is not None]
     if acc:
         ax2 = ax.twinx()
         ax2.plot(*zip(*acc), "o-", color="tab:green", label="held-out acc@1")
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("acc@1")
+        more_handles, more_labels = ax2.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        ax.legend(handles, labels, loc="center right", fontsize="small")
     fig.tight_layout()
     return fig
 

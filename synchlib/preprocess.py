@@ -138,6 +138,29 @@ def segment_layout(data: DataConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
     return v0 + s * data.step_vframes, a0 + s * data.step_asamples, v0, a0
 
 
+# Token times. One convention everywhere: decoded frame ``i`` is the instant ``i / vfps`` (frame timestamps) and
+# spectrogram frame ``j`` is centred on sample ``j * hop_length`` (centred STFT); a token sits at the mean of the
+# instants it covers (a tubelet's frames, an audio patch's spectrogram frames).
+
+
+def _token_offsets(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Visual token centres in frames from its segment's first frame, (tv,); audio token centres in samples from
+    its segment's first sample, (ta,)."""
+    v, a = cfg.visual, cfg.audio
+    vt = np.arange(v.t_tokens) * v.tubelet + (v.tubelet - 1) / 2
+    at = (np.arange(a.t_tokens) * a.tstride + (a.patch_size - 1) / 2) * cfg.data.hop_length
+    return vt, at
+
+
+def window_token_times(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Centre time (s) of each visual token from the start of the video crop, (S, tv), and of each audio token
+    from the start of the (shifted) audio crop, (S, ta). Flatten segment-major to get the sync module's order."""
+    d = cfg.data
+    vstarts, astarts, _, _ = segment_layout(d)
+    v_in, a_in = _token_offsets(cfg)
+    return (vstarts[:, None] + v_in[None]) / d.vfps, (astarts[:, None] + a_in[None]) / d.afps
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Values
 
@@ -241,6 +264,18 @@ class Clip:
     grid: np.ndarray
     decoded: Decoded | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)  # why the answer may be unreliable (damage, padding, grid)
+
+
+def token_times(clip: Clip, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Centre time (s, on the decoded source's timeline) of each visual token (S, tv) and each audio token
+    (S, ta) of a prepared window. Audio tokens sit where their sound was taken from (shifted by the offset);
+    visual tokens follow ``clip.frame_indices``, so repeated frames of a padded window are timed as such."""
+    d, v = cfg.data, cfg.visual
+    v_in, a_in = _token_offsets(cfg)
+    first = np.arange(d.n_segments)[:, None] * d.step_vframes + np.arange(v.t_tokens)[None] * v.tubelet  # (S, tv)
+    vt = clip.frame_indices[first[..., None] + np.arange(v.tubelet)].mean(-1) / d.vfps
+    at = (clip.audio_start_sample + clip.audio_seg_starts[:, None] + a_in[None]) / d.afps
+    return vt, at
 
 
 def video_window(decoded: Decoded, start_sec: float, cfg: Config, n_frames: int | None = None) -> tuple[np.ndarray, np.ndarray, Tensor]:

@@ -31,11 +31,10 @@ import math
 import os
 import platform
 import shlex
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -49,7 +48,7 @@ from .config import Config, load_config
 from .errors import SynchlibError
 from .io import Decoded, read_video
 from .model import Synchformer, build_model
-from .preprocess import Clip, clip_from_decoded, equalify, segment_layout
+from .preprocess import Clip, clip_from_decoded, equalify, token_times, window_token_times
 
 CONFIG_NAME = "tiny-synthetic"
 MODEL_TYPE = "Synchformer"
@@ -76,7 +75,7 @@ class TrainSettings:
 
     config: str = CONFIG_NAME
     seed: int = 0
-    steps: int = 430
+    steps: int = 440
     batch_size: int = 12
     lr: float = 2e-3
     min_lr_frac: float = 0.02  # cosine decays to lr * min_lr_frac
@@ -98,11 +97,34 @@ class TrainSettings:
     event_weight: float = 2.0  # weight of the auxiliary event-detection loss (lag-bank init only; 0 turns it off)
     probe_windows: int = 16  # > 0: start the event scores as linear probes fitted on this many windows
     sync_lr_scale: float = 0.1  # learning-rate factor of the synchronisation module after a lag-bank init (0: frozen)
+    detect_steps: int = 200  # the first steps train the event scores only (no synchronisation module: ~2x faster)
+    jitter_sec: float = 0.0  # training offsets move up to this far off their grid point (audio-video timing jitter)
+    augment: str = "hflip,rgb,retime"  # training-window augmentations (names from AUGMENTATIONS, or "none")
 
 
 INITS = ("lag-bank", "random")
-SHORT = dict(steps=60, n_train_clips=12, n_eval_clips=6, n_eval_windows=48, eval_every=20, n_curve_windows=24,
-             warmup_steps=10, batch_size=8)
+AUGMENTATIONS = ("hflip", "rgb", "shift", "retime")
+"""Video augmentations of training windows: ``hflip`` mirrors a window left-right (p = 0.5), ``rgb`` permutes its
+colour channels (one of the 6 orders, uniformly), ``shift`` rolls the picture (with wrap-around) by up to
+:data:`SHIFT_FRAC` of its size in each direction, ``retime`` (p = 0.5) shows the clip as a camera at another frame
+rate in :data:`RETIME_FPS` would have recorded it and the decoder brought it back to 25 fps (some frames repeat,
+some are dropped, events move up to a frame later; their times follow). All but ``retime`` keep the event times; audio is left alone (the loudness of a
+sound is a cue to whether it is paired)."""
+SHIFT_FRAC = 0.25
+RETIME_FPS = (26.0, 30.0)
+
+
+def retime_map(n_frames: int, camera_fps: float, phase: float, fps: float) -> np.ndarray:
+    """(n_frames,) int: which source frame each output frame shows when frames at ``fps`` are recorded by a camera
+    at ``camera_fps`` (its frames at ``(j + phase) / camera_fps``, phase in [0, 1), each showing the source frame
+    current then) and resampled back to ``fps`` by taking, at each output time, the nearest camera frame (as
+    FFmpeg's fps filter does). Monotone; each output frame shows its own source frame or the one before."""
+    t_out = np.arange(n_frames) / fps
+    j = np.round(t_out * camera_fps - phase)  # the camera frame nearest to each output time
+    shown = np.floor((j + phase) / camera_fps * fps + 1e-9)
+    return np.clip(shown, 0, n_frames - 1).astype(np.int64)
+SHORT = dict(steps=60, detect_steps=20, n_train_clips=12, n_eval_clips=6, n_eval_windows=48, eval_every=20,
+             n_curve_windows=24, warmup_steps=10, batch_size=8)
 """Overrides for a short run (a teaching notebook): about a minute on 2 cores, far from converged."""
 
 
@@ -124,6 +146,24 @@ def check_settings(s: TrainSettings) -> None:
         raise TrainError(f"init must be one of {INITS}, got {s.init!r}")
     if s.warmup_steps < 0 or s.pretrain_steps < 0:
         raise TrainError("warmup_steps and pretrain_steps must be >= 0")
+    if not 0 <= s.detect_steps < s.steps:
+        raise TrainError(f"detect_steps must be in [0, steps), got {s.detect_steps}")
+    if s.detect_steps and (s.init != "lag-bank" or s.event_weight <= 0):
+        raise TrainError("detect_steps needs init='lag-bank' and event_weight > 0 (they train the event scores)")
+    if not 0 <= s.jitter_sec < synthetic.OFFSET_STEP_SEC / 2:
+        raise TrainError(f"jitter_sec must be in [0, {synthetic.OFFSET_STEP_SEC / 2:g}) s (half a grid step), "
+                         f"got {s.jitter_sec}")
+    augmentation_names(s.augment)
+
+
+def augmentation_names(spec: str) -> tuple[str, ...]:
+    """``"hflip,rgb"`` -> ``("hflip", "rgb")``; ``"none"`` or ``""`` -> ``()``. Raises :class:`TrainError` for
+    unknown names."""
+    names = tuple(n.strip() for n in spec.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise TrainError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENTATIONS)} or 'none'")
+    return names
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,11 +236,16 @@ def synth_clips(
 @dataclass(frozen=True)
 class WindowSpec:
     """One training/evaluation example: a window of clip ``clip`` at ``start_sec``, audio shifted by grid
-    class ``target``."""
+    class ``target`` plus ``jitter_sec`` (a shift well inside the class, for training)."""
 
     clip: int
     target: int
     start_sec: float
+    jitter_sec: float = 0.0
+
+    def offset_sec(self, cfg: Config) -> float:
+        """The audio shift of this window (s): the grid offset of its class plus the jitter."""
+        return float(cfg.data.grid[self.target]) + self.jitter_sec
 
 
 def start_range(decoded: Decoded, offset_sec: float, cfg: Config) -> tuple[float, float]:
@@ -215,20 +260,22 @@ def start_range(decoded: Decoded, offset_sec: float, cfg: Config) -> tuple[float
 
 
 def sample_windows(rng: np.random.Generator, clips: Sequence[Decoded], n: int, cfg: Config,
-                   clip_order: Sequence[int] | None = None) -> list[WindowSpec]:
+                   clip_order: Sequence[int] | None = None, jitter_sec: float = 0.0) -> list[WindowSpec]:
     """``n`` windows: clip from ``clip_order`` (or uniform), offset class uniform over the grid, start uniform
-    over where the window fits (rounded to 1 ms)."""
+    over where the window fits (rounded to 1 ms); with ``jitter_sec > 0`` the offset moves off the grid point by
+    a uniform amount in ``[-jitter_sec, jitter_sec]`` (rounded to 10 ms, as the pipeline rounds offsets)."""
     grid = cfg.data.grid
     out = []
     for i in range(n):
         c = int(clip_order[i]) if clip_order is not None else int(rng.integers(len(clips)))
         target = int(rng.integers(len(grid)))
-        lo, hi = start_range(clips[c], float(grid[target]), cfg)
+        jitter = round(float(rng.uniform(-jitter_sec, jitter_sec)), 2) if jitter_sec > 0 else 0.0
+        lo, hi = start_range(clips[c], float(grid[target]) + jitter, cfg)
         if hi < lo:
             raise TrainError(f"clip {c} is too short for a {cfg.data.crop_len_sec:g} s window with offset "
                              f"{grid[target]:+.1f} s; use clips of at least "
                              f"{cfg.data.crop_len_sec + 2 * cfg.data.max_off_sec:g} s")
-        out.append(WindowSpec(c, target, round(float(rng.uniform(lo, hi)), START_DECIMALS)))
+        out.append(WindowSpec(c, target, round(float(rng.uniform(lo, hi)), START_DECIMALS), jitter))
     return out
 
 
@@ -251,8 +298,8 @@ def event_targets(clip: Clip, events_sec: Sequence[float], cfg: Config) -> tuple
     """Which tokens of a prepared window hold a paired event: (video (S, tv), audio (S, ta)) float32 0/1.
 
     A video token is marked when an event frame is one of its ``tubelet`` frames; an audio token when an event
-    onset lies within half a token stride of its centre. Times come from the clip's own frame indices and
-    audio start, so they follow whatever the pipeline did.
+    onset lies within half a token stride of its centre (:func:`synchlib.preprocess.token_times`). Both follow the
+    clip's own frame indices and audio start, so they follow whatever the pipeline did.
     """
     d, vis, aud = cfg.data, cfg.visual, cfg.audio
     ev = np.asarray(events_sec, dtype=np.float64)
@@ -261,8 +308,7 @@ def event_targets(clip: Clip, events_sec: Sequence[float], cfg: Config) -> tuple
     rel = np.arange(S)[:, None] * d.step_vframes + np.arange(vis.t_tokens)[None] * vis.tubelet  # (S, tv)
     frames = clip.frame_indices[rel[..., None] + np.arange(vis.tubelet)]  # (S, tv, tubelet)
     vt = np.isin(frames, ev_frames).any(-1)
-    centre = (np.arange(aud.t_tokens) * aud.tstride + (aud.patch_size - 1) / 2) * d.hop_length  # samples
-    at = (clip.audio_start_sample + clip.audio_seg_starts[:, None] + centre[None]) / d.afps  # (S, ta) s
+    _, at = token_times(clip, cfg)  # (S, ta) s
     half = aud.tstride * d.hop_length / d.afps / 2
     ta = (np.abs(at[..., None] - ev[None, None]) <= half).any(-1) if len(ev) else np.zeros_like(at, bool)
     return torch.from_numpy(vt.astype(np.float32)), torch.from_numpy(ta.astype(np.float32))
@@ -271,8 +317,7 @@ def event_targets(clip: Clip, events_sec: Sequence[float], cfg: Config) -> tuple
 def make_batch(clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config, events: bool = False) -> Batch:
     """Model inputs for ``specs`` through the inference pipeline (:func:`clip_from_decoded`); with ``events``
     also the per-token event targets (needs ``meta["av_events"]`` on the clips)."""
-    grid = cfg.data.grid
-    prepared = [clip_from_decoded(clips[s.clip], cfg, float(grid[s.target]), s.start_sec) for s in specs]
+    prepared = [clip_from_decoded(clips[s.clip], cfg, s.offset_sec(cfg), s.start_sec) for s in specs]
     for s, p in zip(specs, prepared):
         if p.target_class != s.target:  # the pipeline rounds the offset; it must land on the same class
             raise AssertionError(f"window {s} became class {p.target_class}")
@@ -283,6 +328,34 @@ def make_batch(clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Confi
         batch.event_v = torch.stack([v for v, _ in pairs])
         batch.event_a = torch.stack([a for _, a in pairs])
     return batch
+
+
+def augment_clips(clips: Sequence[Decoded], specs: Sequence[WindowSpec], names: Sequence[str],
+                  rng: np.random.Generator) -> tuple[list[Decoded], list[WindowSpec]]:
+    """One augmented view of its clip per window, as ``names`` (see :data:`AUGMENTATIONS`) ask, and the windows
+    renumbered to point at them. Audio is shared; frames are a mirrored numpy view and/or a (re-timed,
+    channel-permuted, rolled) copy; a re-timed view carries its moved event times in ``meta["av_events"]``."""
+    views, renumbered = [], []
+    for i, spec in enumerate(specs):
+        frames = clips[spec.clip].frames  # (T, H, W, 3) uint8
+        if "hflip" in names and rng.random() < 0.5:
+            frames = frames[:, :, ::-1]
+        if "rgb" in names:
+            frames = frames[..., rng.permutation(3)]  # a copy (about 3 MB for a 10 s clip)
+        meta = clips[spec.clip].meta
+        if "retime" in names and rng.random() < 0.5:
+            fps = clips[spec.clip].fps
+            shown = retime_map(len(frames), float(rng.uniform(*RETIME_FPS)), float(rng.random()), fps)
+            frames = frames[shown]
+            first_showing = np.searchsorted(shown, np.round(np.asarray(meta["av_events"]) * fps).astype(np.int64))
+            meta = {**meta, "av_events": tuple(np.minimum(first_showing, len(shown) - 1) / fps)}
+        if "shift" in names:
+            h, w = frames.shape[1:3]
+            dy, dx = (int(rng.integers(-round(SHIFT_FRAC * n), round(SHIFT_FRAC * n) + 1)) for n in (h, w))
+            frames = np.roll(frames, (dy, dx), axis=(1, 2))
+        views.append(replace(clips[spec.clip], frames=frames, meta=meta))
+        renumbered.append(replace(spec, clip=i))
+    return views, renumbered
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -395,17 +468,6 @@ class LagBankLayout:
     eligible: np.ndarray  # (C,) E: the audio token's look at each offset lands inside the video window
 
 
-def token_times(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Centre times (s) of the sync module's visual tokens from the video crop start, (S*tv,), and of its audio
-    tokens from the audio crop start, (S*ta,), both flattened segment-major as the model does."""
-    d, vis, aud = cfg.data, cfg.visual, cfg.audio
-    vstarts, astarts, _, _ = segment_layout(d)
-    tv = (vstarts[:, None] + np.arange(vis.t_tokens)[None] * vis.tubelet + (vis.tubelet - 1) / 2) / d.vfps
-    centre = np.arange(aud.t_tokens) * aud.tstride + (aud.patch_size - 1) / 2  # spectrogram frames
-    ta = (astarts[:, None] + centre[None] * d.hop_length) / d.afps
-    return tv.reshape(-1), ta.reshape(-1)
-
-
 def time_code(t: np.ndarray, periods: Sequence[float], amp: float = 1.0) -> np.ndarray:
     """(n,) times -> (n, 2F) codes ``amp * [cos(w_j t), sin(w_j t)]_j`` with w_j = 2 pi / periods[j]."""
     ang = np.asarray(t, dtype=np.float64)[:, None] * (2 * np.pi / np.asarray(periods))[None]
@@ -448,7 +510,7 @@ def init_lag_bank(model: Synchformer, cfg: Config, amp: float = 1.0) -> LagBankL
     E = D // cfg.sync.heads
     F = len(LAG_BANK_PERIODS)
     grid = cfg.data.grid.astype(np.float64)
-    tv, ta = token_times(cfg)
+    tv, ta = (t.reshape(-1) for t in window_token_times(cfg))
     norm = amp * math.sqrt(F)  # every token's residual has this norm (time code or constant)
     sig = norm / math.sqrt(D)  # ... so the pre-norms divide by about this
     content = LAG_BANK_CONTENT * amp
@@ -672,6 +734,18 @@ def train_step(model: Synchformer, opt: torch.optim.Optimizer, batch: Batch, gra
     return {"loss": float(ce.detach()), **out, "train_acc": acc}
 
 
+def detect_step(model: Synchformer, opt: torch.optim.Optimizer, batch: Batch, grad_clip: float,
+                layout: LagBankLayout) -> dict[str, float]:
+    """One step of :func:`event_loss` alone: the feature extractors and the projections' event rows learn what an
+    event looks and sounds like without running the synchronisation module. Returns ``{"event_loss"}``."""
+    ev = event_loss(model, model.extract_vfeats(batch.vid), model.extract_afeats(batch.aud), batch, layout)
+    opt.zero_grad(set_to_none=True)
+    ev.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return {"event_loss": float(ev.detach())}
+
+
 def segment_embeddings(model: Synchformer, vid: Tensor, aud: Tensor) -> tuple[Tensor, Tensor]:
     """Per-segment visual and audio vectors for contrastive pre-training: (B*S, D) each, L2-normalised
     (features averaged over the segment's temporal tokens)."""
@@ -836,24 +910,28 @@ def fit(
         model.transformer.requires_grad_(s.sync_lr_scale > 0)
         scales = {id(p): s.sync_lr_scale for p in model.transformer.parameters()}
     opt = make_optimizer(model.parameters(), s.lr, s.weight_decay, scales)
+    augment = augmentation_names(s.augment)
     bar = tqdm(range(s.steps), desc="train", unit="step", disable=not progress)
     for step in bar:
         lr = lr_at(step, s.steps, s.lr, s.warmup_steps, s.min_lr_frac)
         _set_lr(opt, lr)
-        specs = sample_windows(rng, train_clips, s.batch_size, cfg)
+        specs = sample_windows(rng, train_clips, s.batch_size, cfg, jitter_sec=s.jitter_sec)
         use_events = s.event_weight > 0 and layout is not None
-        batch = make_batch(train_clips, specs, cfg, events=use_events)
-        terms = train_step(model, opt, batch, s.grad_clip, s.event_weight if use_events else 0.0, layout)
-        loss, acc = terms["loss"], terms["train_acc"]
+        batch_clips = train_clips
+        if augment:
+            batch_clips, specs = augment_clips(train_clips, specs, augment, rng)
+        batch = make_batch(batch_clips, specs, cfg, events=use_events)
+        if step < s.detect_steps:
+            terms = detect_step(model, opt, batch, s.grad_clip, layout)
+        else:
+            terms = train_step(model, opt, batch, s.grad_clip, s.event_weight if use_events else 0.0, layout)
         point = {"step": step + 1, **{k: round(v, 5) for k, v in terms.items()}, "lr": lr}
         last = step + 1 == s.steps
         if (step + 1) % s.eval_every == 0 or last:
             n = s.n_eval_windows if last else s.n_curve_windows
             res = evaluate(model, eval_clips, cfg, n, eval_seed(s.seed))
             point.update(acc1=res["acc1"], acc1_pm1=res["acc1_pm1"], heldout_windows=n)
-            bar.set_postfix(loss=f"{loss:.3f}", heldout=f"{res['acc1']:.2f}")
-        else:
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+        bar.set_postfix({k: f"{point[k]:.3f}" for k in ("loss", "event_loss", "train_acc", "acc1") if k in point})
         point["time_sec"] = round(time.perf_counter() - t0, 2)
         curve.append(point)
         if callback is not None:
@@ -910,7 +988,10 @@ def pretrain_contrastive(model: Synchformer, clips: Sequence[Decoded], cfg: Conf
 def train_short(out_path: str | Path | None = None, *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict:
     """A short run for a notebook (:data:`SHORT` settings, about a minute on 2 cores); returns the record with
     its learning curve (``record["curve"]``). Far from converged: use it to see the loss fall."""
-    return train_tiny(out_path, seed=seed, progress=progress, **{**SHORT, "workers": 1, **overrides})
+    settings = {**SHORT, "workers": 1, **overrides}
+    if "detect_steps" not in overrides:  # keep a third of a shortened run for the offset loss
+        settings["detect_steps"] = min(SHORT["detect_steps"], settings["steps"] // 3)
+    return train_tiny(out_path, seed=seed, progress=progress, **settings)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Shared fixtures: paths to the parity fixtures and sample clips, the deterministic-weights model, and a local
-mirror serving it in the released format."""
+"""Shared fixtures: paths to the parity fixtures and sample clips, the deterministic-weights model, a local
+mirror serving it in the released format, and the tiny config with a randomly initialised model."""
 
 from __future__ import annotations
 
@@ -23,6 +23,35 @@ SAMPLE_B = SAMPLES / "ZYc410CE4Rg_0_10000.mp4"
 RELEASED_ID = "24-01-04T16-39-21"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+TINY = "tiny-synthetic"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    """The tiny model's config."""
+    from synchlib.config import load_config
+
+    return load_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+    """A tiny Synchformer with the model's own random initialisation (seed 0), eval mode: fast, untrained."""
+    from synchlib.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run the tiny model on one thread (fastest for it; two fight with whatever else runs on a small machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _need_parity():

@@ -15,13 +15,11 @@ import torch
 
 import synchlib
 from synchlib.checkpoints import save_checkpoint
-from synchlib.config import load_config
 from synchlib.desync import (
     DESYNC_COLUMNS, add_desync_arguments, clip_desync, desync, desync_items, desync_windows, run_desync,
 )  # fmt: skip
 from synchlib.errors import ClipTooShortError, SynchlibError
 from synchlib.io import decode, read_audio
-from synchlib.model import build_model
 from synchlib.preprocess import frames_to_input, log_mel
 from synchlib.synthetic import make_clip
 
@@ -51,23 +49,8 @@ def write_audio(path: Path, wave: np.ndarray, *, rate: int = 16000, layout: str 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread; two fight with whatever else runs on a small machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY)
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+def _one_thread(one_thread):
+    """Every test here runs the tiny model on one thread."""
 
 
 @pytest.fixture(scope="module")

@@ -5,35 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 import synchlib
-from synchlib import cli
-from synchlib.attention import capture_attention, explain, token_times
+from synchlib.attention import capture_attention, explain
 from synchlib.checkpoints import save_checkpoint
-from synchlib.config import load_config
-from synchlib.model import build_model
 from synchlib.preprocess import load_clip
 from synchlib.sweep import Predictor, confusion_matrix, per_offset_accuracy, summarize
 
 from .helpers import write_av
-
-TINY = "tiny-synthetic"
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY)
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +88,25 @@ def test_attention_capture_matches_default_path_and_shapes(model, clip_path, cfg
     assert ex.spatial.shape == (S, tv, g, g) and ex.freq.shape == (S, ta, cfg.audio.f_tokens)
     np.testing.assert_allclose(ex.spatial.sum(axis=(2, 3)), 1 - 0 * ex.spatial.sum(axis=(2, 3)), atol=0.5)
     assert ex.segment_importance.shape == (S,) and np.isclose(ex.segment_importance.sum(), 1)
-    vt, at = token_times(cfg, 1.0, 0.4)
-    assert vt[0] == pytest.approx(1.0 + (2 + 1) / 25) and at.shape == (S * ta,)
+    assert ex.visual_times.shape == (S * tv,) and ex.audio_times.shape == (S * ta,)
+
+
+def test_token_times_follow_the_window(cfg, clip_path):
+    """Token centres: a frame is the instant i / fps, a spectrogram frame is centred on j * hop; audio tokens sit
+    where their sound came from (start + offset); times relative to the crop are the same for every window."""
+    from synchlib.preprocess import segment_layout, token_times, window_token_times
+
+    d, v, a = cfg.data, cfg.visual, cfg.audio
+    clip = load_clip(clip_path, 0.4, 1.0, cfg)
+    vt, at = token_times(clip, cfg)
+    assert vt.shape == (d.n_segments, v.t_tokens) and at.shape == (d.n_segments, a.t_tokens)
+    _, _, v0, a0 = segment_layout(d)
+    assert vt[0, 0] == pytest.approx((25 + v0 + (v.tubelet - 1) / 2) / d.vfps)
+    assert at[0, 0] == pytest.approx(1.4 + (a0 + (a.patch_size - 1) / 2 * d.hop_length) / d.afps)
+    assert vt[1, 0] - vt[0, 0] == pytest.approx(d.step_vframes / d.vfps)
+    wv, wa = window_token_times(cfg)
+    np.testing.assert_allclose(vt - 1.0, wv, atol=1e-9)
+    np.testing.assert_allclose(at - 1.4, wa, atol=1e-9)
 
 
 def run_cli(*args):

@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import synchlib
 from synchlib import plot
 from synchlib.config import load_config
 from synchlib.errors import ClipTooShortError
 from synchlib.io import decode, iter_audio, iter_video, read_video
-from synchlib.model import build_model
 from synchlib.preprocess import center_crop_box
 from synchlib.synthetic import make_clip, render, write_looped_mp4, write_mp4
 from synchlib.timeline import (
@@ -33,30 +31,14 @@ from synchlib.timeline import (
 from .helpers import write_av
 from .onset_oracle import OnsetOracle
 
-TINY = "tiny-synthetic"
 RELEASED = "24-01-04T16-39-21"
 LOGIT_TOL = 1e-5
 SHIFT_SEC = 0.8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread; two fight with whatever else runs on a small machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(TINY)
-
-
-@pytest.fixture(scope="module")
-def model(cfg):
-    torch.manual_seed(0)
-    return build_model(cfg).eval()
+def _one_thread(one_thread):
+    """Every test here runs the tiny model on one thread."""
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from synchlib import train as T
-from synchlib.config import load_config
 from synchlib.model import build_model
-from synchlib.preprocess import load_clip
+from synchlib.preprocess import load_clip, window_token_times
 
 ASSETS = Path(T.__file__).parent / "assets"
 CKPT = ASSETS / "tiny-synthetic.pt"
@@ -20,18 +19,13 @@ RECORD = ASSETS / "tiny-synthetic.json"
 MAX_CKPT_BYTES = 10 * 1024 * 1024
 N_TEST_CLIPS = 6
 WINDOWS_PER_CLIP = 10
-MIN_ACC1 = 0.85  # measured 0.90 here (chance 0.048); the teaching issue asks for 0.95, not reached yet
+MIN_ACC1 = 0.9  # measured 0.95 here (chance 0.048); 0.93 on 200 windows of 20 such clips, 0.943 in the record
 EVENT_RADIUS_SEC = 0.1  # a token "holds" an event when its centre is this close to the event
 MIN_EVENT_ATTENTION = 0.5  # share of the OFF token's attention that must land on event tokens ...
 MIN_EVENT_LIFT = 2.0  # ... and at least this many times their share of the tokens (uniform attention: 1)
 RECORD_FIELDS = ("seed", "steps", "n_train_clips", "wall_time_sec", "machine", "metrics", "curve", "command")
-SMOKE = dict(steps=2, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
-             eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0)
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config(T.CONFIG_NAME)
+SMOKE = dict(steps=3, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
+             eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0, detect_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +147,12 @@ def test_training_smoke_is_deterministic(tmp_path):
     out = tmp_path / "smoke.pt"
     a = T.train_tiny(out, seed=5, progress=False, **SMOKE)
     b = T.train_tiny(None, seed=5, progress=False, **SMOKE)
-    losses_a = [p["loss"] for p in a["curve"]]
-    assert len(losses_a) == SMOKE["steps"] and all(np.isfinite(losses_a))
-    assert losses_a == [p["loss"] for p in b["curve"]]
+    curve = a["curve"]
+    assert len(curve) == SMOKE["steps"] and all(np.isfinite(p["event_loss"]) for p in curve)
+    assert ["loss" in p for p in curve] == [False, True, True]  # the first step trains the event scores only
+    assert all(np.isfinite(p["loss"]) for p in curve[1:])
+    assert [{k: v for k, v in p.items() if k != "time_sec"} for p in curve] == \
+        [{k: v for k, v in p.items() if k != "time_sec"} for p in b["curve"]]
     assert out.is_file() and out.with_suffix(".json").is_file()
     rec = json.loads(out.with_suffix(".json").read_text())
     for key in RECORD_FIELDS:
@@ -175,7 +172,7 @@ def _ideal_inputs(cfg, events_sec: np.ndarray, start_sec: float, offset_sec: flo
     """Projected tokens as the lag bank's projections would give them for perfect event detectors: (v (1, Nv, D),
     a (1, Na, D)), a score of +-IDEAL_SCORE in the event dims, the projections' constant in the spare dim."""
     lay = T.lag_bank_layout(cfg)
-    tv, ta = T.token_times(cfg)
+    tv, ta = (t.reshape(-1) for t in window_token_times(cfg))
     e = events_sec - start_sec
     hit_v = (np.abs(tv[:, None] - e[None]) <= 0.04).any(1)  # the video token showing the flash
     hit_a = (np.abs(ta[:, None] - (e[None] - offset_sec)) <= 0.05).any(1)  # the audio token hearing the click
@@ -235,3 +232,77 @@ def test_bad_settings_raise():
         T.train_tiny(None, steps=0, progress=False)
     with pytest.raises(T.TrainError):
         T.train_tiny(None, not_a_setting=1, progress=False)
+    with pytest.raises(T.TrainError, match="augmentation"):
+        T.train_tiny(None, augment="hflip,blur", progress=False)
+    with pytest.raises(T.TrainError, match="jitter_sec"):
+        T.train_tiny(None, jitter_sec=0.1, progress=False)
+
+
+def test_augmented_windows_keep_sound_and_events_and_move_only_pixels(cfg, test_clips):
+    """Mirror, colour order and roll change where and in which colour things are seen, never when: the audio input and the event
+    targets of every window are unchanged, every frame keeps its multiset of pixel values (up to channel order),
+    and the mirror / roll / channel order differ between windows."""
+    clips, _ = test_clips
+    rng = np.random.default_rng(3)
+    specs = T.sample_windows(rng, clips, 8, cfg)
+    plain = T.make_batch(clips, specs, cfg, events=True)
+    views, renumbered = T.augment_clips(clips, specs, ("hflip", "rgb", "shift"), rng)
+    assert [s.clip for s in renumbered] == list(range(8))
+    assert all(v.audio is clips[s.clip].audio for v, s in zip(views, specs))
+    aug = T.make_batch(views, renumbered, cfg, events=True)
+    assert torch.equal(plain.aud, aug.aud) and torch.equal(plain.target, aug.target)
+    assert torch.equal(plain.event_v, aug.event_v) and torch.equal(plain.event_a, aug.event_a)
+    a, b = plain.vid[:, 0, 0], aug.vid[:, 0, 0]  # (B, 3, H, W): first frame of each window
+    assert torch.equal(a.flatten(1).sort(-1).values, b.flatten(1).sort(-1).values)
+    assert not torch.equal(a, b)
+    assert T.augmentation_names("none") == () and T.augmentation_names(" hflip, rgb ") == ("hflip", "rgb")
+
+
+def test_jittered_windows_stay_in_their_class(cfg, test_clips):
+    clips, _ = test_clips
+    specs = T.sample_windows(np.random.default_rng(4), clips, 24, cfg, jitter_sec=0.08)
+    jitters = np.array([s.jitter_sec for s in specs])
+    assert np.all(np.abs(jitters) <= 0.08) and np.any(jitters != 0)
+    batch = T.make_batch(clips, specs, cfg)  # raises if a jittered window left its class
+    assert batch.target.tolist() == [s.target for s in specs]
+
+
+def test_learning_curve_plots_both_losses_and_accuracy():
+    from synchlib.plot import learning_curve
+
+    curve = [{"step": 1, "event_loss": 0.7}, {"step": 2, "event_loss": 0.5, "acc1": 0.2},
+             {"step": 3, "loss": 2.0, "event_loss": 0.4}, {"step": 4, "loss": 1.5, "event_loss": 0.3, "acc1": 0.6}]
+    fig = learning_curve(curve)
+    ax, ax2 = fig.axes
+    assert [len(line.get_xdata()) for line in ax.lines] == [2, 4]  # offset loss from step 3 on, event loss always
+    assert list(ax2.lines[0].get_ydata()) == [0.2, 0.6]
+    assert len(ax.get_legend().get_texts()) == 3
+
+
+def test_retime_map_is_a_frame_rate_round_trip():
+    """29.97 fps and back, nearest camera frame: the pattern a re-encoded phone copy shows (every fifth frame
+    dropped, the one before it repeated); any rate in range shows each frame's own source frame or the previous."""
+    assert (T.retime_map(15, 29.97, 0.0, 25.0) - np.arange(15)).tolist() == [0, -1, -1, 0, 0] * 3
+    for fps in np.linspace(*T.RETIME_FPS, 7):
+        for phase in (0.0, 0.3, 0.99):
+            shown = T.retime_map(250, fps, phase, 25.0)
+            assert np.all(np.diff(shown) >= 0) and set(np.unique(shown - np.arange(250))) <= {-1, 0}
+
+
+def test_retimed_windows_move_their_events_with_the_frames(cfg, test_clips):
+    clips, _ = test_clips
+    rng = np.random.default_rng(5)
+    specs = T.sample_windows(rng, clips, 12, cfg)
+    views, renumbered = T.augment_clips(clips, specs, ("retime",), rng)
+    moved = 0
+    for view, spec in zip(views, specs):
+        before = np.round(np.asarray(clips[spec.clip].meta["av_events"]) * 25).astype(int)
+        after = np.round(np.asarray(view.meta["av_events"]) * 25).astype(int)
+        assert set(np.unique(after - before)) <= {0, 1}  # an event is shown on time or one frame later
+        src = clips[spec.clip].frames
+        for b, a in zip(before, after):  # the new event frame shows the flash itself, or its next frame if dropped
+            assert np.array_equal(view.frames[a], src[b]) or np.array_equal(view.frames[a], src[b + 1])
+        moved += int(np.any(after != before))
+    assert moved > 0
+    batch = T.make_batch(views, renumbered, cfg, events=True)
+    assert batch.event_v.sum() > 0

@@ -7,7 +7,6 @@ Output logits (B, num_classes), read from the OFF token.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import SyncConfig
