@@ -10,14 +10,16 @@ on a plateau at chance far longer than a CPU budget allows (see the comment abov
 default (``init="lag-bank"``) it starts as a bank of lag detectors: the positional table holds the tokens' times,
 each of the 21 heads of the first block looks from the audio at the video one grid offset away, the first MLP
 marks coincidences and the OFF token pools them. The feature extractors start random and must learn what an event
-looks and sounds like: the offset cross-entropy trains everything (the synchronisation module at a reduced
-learning rate), helped by an auxiliary event-detection loss on the generator's ground truth (the event scores start as
-linear probes fitted on ``probe_windows`` windows of the random features). ``init="random"`` trains the plain architecture (and shows
-the plateau). AdamW, linear warm-up then cosine decay, gradient clipping, seeded and deterministic data order.
+looks and sounds like: an auxiliary event-detection loss on the generator's ground truth (the event scores start as
+linear probes fitted on ``probe_windows`` windows of the random features) trains them alone for the first
+``detect_steps`` steps, then together with the offset cross-entropy, which trains everything (the synchronisation
+module at a reduced learning rate). Training windows are augmented (:data:`AUGMENTATIONS`). ``init="random"``
+trains the plain architecture (and shows the plateau). AdamW, linear warm-up then cosine decay, gradient
+clipping, seeded and deterministic data order.
 
->>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 10 minutes on 2 cores)
+>>> record = train_tiny("tiny.pt", seed=0)                 # doctest: +SKIP  (about 9 minutes on 2 cores)
 >>> record = train_short()                                 # doctest: +SKIP  (< 1.5 min, for a notebook)
->>> [(p["step"], p["loss"]) for p in record["curve"]]      # doctest: +SKIP
+>>> [(p["step"], p.get("loss"), p["event_loss"]) for p in record["curve"]]  # doctest: +SKIP
 
 Seeds: training clip ``i`` uses ``synthetic.dataset_seed(seed, i)``; held-out clips use indices from
 :data:`EVAL_INDEX0` and tests from :data:`TEST_INDEX0`, so the three sets never share a clip.
@@ -103,29 +105,18 @@ class TrainSettings:
 
 
 INITS = ("lag-bank", "random")
+SHORT = dict(steps=60, detect_steps=20, n_train_clips=12, n_eval_clips=6, n_eval_windows=48, eval_every=20,
+             n_curve_windows=24, warmup_steps=10, batch_size=8)
+"""Overrides for a short run (a teaching notebook): about a minute on 2 cores, far from converged."""
 AUGMENTATIONS = ("hflip", "rgb", "shift", "retime")
 """Video augmentations of training windows: ``hflip`` mirrors a window left-right (p = 0.5), ``rgb`` permutes its
 colour channels (one of the 6 orders, uniformly), ``shift`` rolls the picture (with wrap-around) by up to
 :data:`SHIFT_FRAC` of its size in each direction, ``retime`` (p = 0.5) shows the clip as a camera at another frame
 rate in :data:`RETIME_FPS` would have recorded it and the decoder brought it back to 25 fps (some frames repeat,
-some are dropped, events move up to a frame later; their times follow). All but ``retime`` keep the event times; audio is left alone (the loudness of a
-sound is a cue to whether it is paired)."""
+some are dropped, events move up to a frame later; their times follow). The others keep the event times. Audio is
+left alone (the loudness of a sound is a cue to whether it is paired)."""
 SHIFT_FRAC = 0.25
 RETIME_FPS = (26.0, 30.0)
-
-
-def retime_map(n_frames: int, camera_fps: float, phase: float, fps: float) -> np.ndarray:
-    """(n_frames,) int: which source frame each output frame shows when frames at ``fps`` are recorded by a camera
-    at ``camera_fps`` (its frames at ``(j + phase) / camera_fps``, phase in [0, 1), each showing the source frame
-    current then) and resampled back to ``fps`` by taking, at each output time, the nearest camera frame (as
-    FFmpeg's fps filter does). Monotone; each output frame shows its own source frame or the one before."""
-    t_out = np.arange(n_frames) / fps
-    j = np.round(t_out * camera_fps - phase)  # the camera frame nearest to each output time
-    shown = np.floor((j + phase) / camera_fps * fps + 1e-9)
-    return np.clip(shown, 0, n_frames - 1).astype(np.int64)
-SHORT = dict(steps=60, detect_steps=20, n_train_clips=12, n_eval_clips=6, n_eval_windows=48, eval_every=20,
-             n_curve_windows=24, warmup_steps=10, batch_size=8)
-"""Overrides for a short run (a teaching notebook): about a minute on 2 cores, far from converged."""
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -328,6 +319,17 @@ def make_batch(clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Confi
         batch.event_v = torch.stack([v for v, _ in pairs])
         batch.event_a = torch.stack([a for _, a in pairs])
     return batch
+
+
+def retime_map(n_frames: int, camera_fps: float, phase: float, fps: float) -> np.ndarray:
+    """(n_frames,) int: which source frame each output frame shows when frames at ``fps`` are recorded by a camera
+    at ``camera_fps`` (its frames at ``(j + phase) / camera_fps``, phase in [0, 1), each showing the source frame
+    current then) and resampled back to ``fps`` by taking, at each output time, the nearest camera frame (as
+    FFmpeg's fps filter does). Monotone; each output frame shows its own source frame or the one before."""
+    t_out = np.arange(n_frames) / fps
+    j = np.round(t_out * camera_fps - phase)  # the camera frame nearest to each output time
+    shown = np.floor((j + phase) / camera_fps * fps + 1e-9)
+    return np.clip(shown, 0, n_frames - 1).astype(np.int64)
 
 
 def augment_clips(clips: Sequence[Decoded], specs: Sequence[WindowSpec], names: Sequence[str],

@@ -239,9 +239,9 @@ def test_bad_settings_raise():
 
 
 def test_augmented_windows_keep_sound_and_events_and_move_only_pixels(cfg, test_clips):
-    """Mirror, colour order and roll change where and in which colour things are seen, never when: the audio input and the event
-    targets of every window are unchanged, every frame keeps its multiset of pixel values (up to channel order),
-    and the mirror / roll / channel order differ between windows."""
+    """Mirror, colour order and roll change where and in which colour things are seen, never when: the audio
+    input and the event targets of every window are unchanged, every frame keeps its multiset of pixel values (up
+    to channel order), and the mirror / roll / channel order differ between windows."""
     clips, _ = test_clips
     rng = np.random.default_rng(3)
     specs = T.sample_windows(rng, clips, 8, cfg)
