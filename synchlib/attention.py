@@ -21,7 +21,7 @@ import torch
 
 from .model import Synchformer
 from .predict import Prediction, clip_prediction
-from .preprocess import Clip, token_times
+from .preprocess import Clip, token_first_frames, token_times
 
 
 @dataclass
@@ -92,5 +92,4 @@ def explain(model: Synchformer, clip: Clip, k: int = 5) -> Explanation:
     spatial = torch.cat(rec.spatial)[:, :, 0, 1:].mean(1).numpy().reshape(S, tv, g, g)
     freq = torch.cat(rec.freq)[:, :, 0, 1:].mean(1).numpy().reshape(S, ta, cfg.audio.f_tokens)
     vt, at = (t.reshape(-1).astype(np.float32) for t in token_times(clip, cfg))
-    frames = np.arange(S)[:, None] * cfg.data.step_vframes + np.arange(tv)[None] * cfg.visual.tubelet
-    return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, frames, clip)
+    return Explanation(pred, off_visual, off_audio, spatial, freq, vt, at, token_first_frames(cfg), clip)

@@ -152,6 +152,13 @@ def _token_offsets(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return vt, at
 
 
+def token_first_frames(cfg: Config) -> np.ndarray:
+    """(S, tv) int: index, into a window's frames (``Clip.frames`` / ``Clip.frame_indices``), of the first frame of
+    each visual token."""
+    d, v = cfg.data, cfg.visual
+    return np.arange(d.n_segments)[:, None] * d.step_vframes + np.arange(v.t_tokens)[None] * v.tubelet
+
+
 def window_token_times(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Centre time (s) of each visual token from the start of the video crop, (S, tv), and of each audio token
     from the start of the (shifted) audio crop, (S, ta). Flatten segment-major to get the sync module's order."""
@@ -270,10 +277,10 @@ def token_times(clip: Clip, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Centre time (s, on the decoded source's timeline) of each visual token (S, tv) and each audio token
     (S, ta) of a prepared window. Audio tokens sit where their sound was taken from (shifted by the offset);
     visual tokens follow ``clip.frame_indices``, so repeated frames of a padded window are timed as such."""
-    d, v = cfg.data, cfg.visual
-    v_in, a_in = _token_offsets(cfg)
-    first = np.arange(d.n_segments)[:, None] * d.step_vframes + np.arange(v.t_tokens)[None] * v.tubelet  # (S, tv)
-    vt = clip.frame_indices[first[..., None] + np.arange(v.tubelet)].mean(-1) / d.vfps
+    d = cfg.data
+    _, a_in = _token_offsets(cfg)
+    first = token_first_frames(cfg)  # (S, tv)
+    vt = clip.frame_indices[first[..., None] + np.arange(cfg.visual.tubelet)].mean(-1) / d.vfps
     at = (clip.audio_start_sample + clip.audio_seg_starts[:, None] + a_in[None]) / d.afps
     return vt, at
 

@@ -50,7 +50,7 @@ from .config import Config, load_config
 from .errors import SynchlibError
 from .io import Decoded, read_video
 from .model import Synchformer, build_model
-from .preprocess import Clip, clip_from_decoded, equalify, token_times, window_token_times
+from .preprocess import Clip, clip_from_decoded, equalify, token_first_frames, token_times, window_token_times
 
 CONFIG_NAME = "tiny-synthetic"
 MODEL_TYPE = "Synchformer"
@@ -295,9 +295,7 @@ def event_targets(clip: Clip, events_sec: Sequence[float], cfg: Config) -> tuple
     d, vis, aud = cfg.data, cfg.visual, cfg.audio
     ev = np.asarray(events_sec, dtype=np.float64)
     ev_frames = np.round(ev * d.vfps).astype(np.int64)
-    S = d.n_segments
-    rel = np.arange(S)[:, None] * d.step_vframes + np.arange(vis.t_tokens)[None] * vis.tubelet  # (S, tv)
-    frames = clip.frame_indices[rel[..., None] + np.arange(vis.tubelet)]  # (S, tv, tubelet)
+    frames = clip.frame_indices[token_first_frames(cfg)[..., None] + np.arange(vis.tubelet)]  # (S, tv, tubelet)
     vt = np.isin(frames, ev_frames).any(-1)
     _, at = token_times(clip, cfg)  # (S, ta) s
     half = aud.tstride * d.hop_length / d.afps / 2
