@@ -77,7 +77,7 @@ class TrainSettings:
 
     config: str = CONFIG_NAME
     seed: int = 0
-    steps: int = 440
+    steps: int = 400
     batch_size: int = 12
     lr: float = 2e-3
     min_lr_frac: float = 0.02  # cosine decays to lr * min_lr_frac
@@ -99,7 +99,7 @@ class TrainSettings:
     event_weight: float = 2.0  # weight of the auxiliary event-detection loss (lag-bank init only; 0 turns it off)
     probe_windows: int = 16  # > 0: start the event scores as linear probes fitted on this many windows
     sync_lr_scale: float = 0.1  # learning-rate factor of the synchronisation module after a lag-bank init (0: frozen)
-    detect_steps: int = 200  # the first steps train the event scores only (no synchronisation module: ~2x faster)
+    detect_steps: int = 190  # the first steps train the event scores only (no synchronisation module: ~2x faster)
     jitter_sec: float = 0.0  # training offsets move up to this far off their grid point (audio-video timing jitter)
     augment: str = "hflip,rgb,retime"  # training-window augmentations (names from AUGMENTATIONS, or "none")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 import synchlib
 from synchlib import cli
@@ -34,6 +35,7 @@ from .helpers import event_times, video_frame_times, write_av, write_media
 TINY = "tiny-synthetic"
 VFR_TIMES = np.cumsum(np.r_[0.0, np.random.default_rng(1).choice([0.016, 0.033, 0.05, 0.1], 150)])
 FPS_2997 = Fraction(30000, 1001)
+COPY_SIZE = (640, 360)  # the re-encoded copy of the issue: 29.97 fps, 44.1 kHz stereo, 640x360
 
 # name -> write_av arguments. Defaults: 6 s, 25 fps, 96x64 H.264 + 16 kHz mono AAC in MP4 (normalised for the
 # tiny config, so decoded as it is).
@@ -443,14 +445,21 @@ def _resample(audio: np.ndarray, src: int, dst: int) -> np.ndarray:
     return np.concatenate([f.to_ndarray()[0] for f in [*resampler.resample(frame), *resampler.resample(None)]])
 
 
-def write_copy(src_frames: np.ndarray, src_audio: np.ndarray, path: Path, fps: Fraction, sample_rate: int, scale: int) -> Path:
-    """The rendered clip as a phone would store it: ``fps`` (frame on screen at each new frame time),
-    ``scale`` times the size, stereo at ``sample_rate``."""
+def write_copy(src_frames: np.ndarray, src_audio: np.ndarray, path: Path, fps: Fraction, sample_rate: int,
+               size: tuple[int, int] = COPY_SIZE) -> Path:
+    """The rendered 25 fps clip as a phone would store it: ``fps`` (the frame on screen at each new frame time),
+    stereo at ``sample_rate``, ``size`` (W, H) with the square picture scaled to the height and centred between black
+    bars (so the model's centre crop sees the same picture)."""
     times = np.arange(int(len(src_frames) / 25 * fps)) / float(fps)
     frames = src_frames[np.minimum((times * 25 + 1e-9).astype(int), len(src_frames) - 1)]
-    frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
+    w, h = size
+    scaled = torch.nn.functional.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(h, h),
+                                             mode="bilinear", antialias=True, align_corners=False)
+    canvas = np.zeros((len(frames), h, w, 3), np.uint8)
+    canvas[:, :, (w - h) // 2: (w - h) // 2 + h] = scaled.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     audio = _resample(src_audio, 16000, sample_rate)
-    return write_media(path, frames=frames, frame_times=times, audio=np.stack([audio, audio]), sample_rate=sample_rate, fps=fps)
+    return write_media(path, frames=canvas, frame_times=times, audio=np.stack([audio, audio]), sample_rate=sample_rate,
+                       fps=fps)
 
 
 def test_reencoded_copy_predicts_like_the_original(tmp_path):
@@ -462,15 +471,16 @@ def test_reencoded_copy_predicts_like_the_original(tmp_path):
     original = tmp_path / "original.mp4"
     info = make_clip(original, seed=777, duration_sec=9.0)
     frames, audio, _ = render(info.seed, duration_sec=9.0)
-    copy = write_copy(frames, audio, tmp_path / "copy.mp4", FPS_2997, 44100, scale=2)
+    copy = write_copy(frames, audio, tmp_path / "copy.mp4", FPS_2997, 44100)
     assert not sio.is_normalised(probe(copy), model.cfg.data)
-    # The tiny model is right on most windows, not all (held-out acc@1 0.94), and a marginal window can flip when
-    # the frames are re-timed from 29.97 fps (seeds 777-781: 22 of 25 windows agree, all 5 of seed 777); a
-    # broken normalisation (time shift, wrong rate) would move them all.
+    # The tiny model is right on most windows, not all (held-out acc@1 0.95-0.98), and a marginal window can flip
+    # when the frames are re-timed from 29.97 fps: over seeds 777-786 (50 windows) 48 agree within one class, the
+    # copy is right on all 50 and the original on 48; all 5 of seed 777 agree. A broken normalisation (time shift,
+    # wrong rate, wrong crop) would move them all.
     agree, right = [], []
     for offset in (-1.6, -0.8, 0.0, 0.8, 1.6):
         a = synchlib.predict(model, original, offset_sec=offset, start_sec=1.6)
         b = synchlib.predict(model, copy, offset_sec=offset, start_sec=1.6)
         agree.append(abs(a.class_index - b.class_index) <= 1)
         right.append(abs(a.class_index - a.target_class) <= 1 and abs(b.class_index - b.target_class) <= 1)
-    assert sum(agree) >= 4 and sum(right) >= 4, (agree, right)
+    assert all(agree) and sum(right) >= 4, (agree, right)
