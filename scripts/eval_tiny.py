@@ -4,8 +4,8 @@
     python scripts/eval_tiny.py /tmp/run/tiny.pt --sets record600 other400
 
 Sets (clip seeds from synchlib.train; windows at random grid offsets and start times, fixed evaluation seed):
-  record300  the training record's set: held-out clips 0-29, 300 windows (seed 7)
-  record600  held-out clips 0-59, 600 windows (seed 7)
+  record300  the training record's set: held-out clips 0-29, 300 windows (the record's evaluation seed)
+  record600  held-out clips 0-59, 600 windows (same seed)
   other400   held-out clips 100-139, 400 windows (seed 99)
   test200    test clips 0-19 (as the CI test draws them), 200 windows (seed 12345)
 """
@@ -20,10 +20,12 @@ import synchlib
 from synchlib import train as T
 from synchlib.config import load_config
 
-# name -> (first clip index, number of clips, windows, evaluation seed)
+RECORD = T.TrainSettings()  # the record's held-out set follows the training defaults
+
+# name -> (first clip index, number of clips, windows, evaluation seed or None for the record's)
 SETS = {
-    "record300": (T.EVAL_INDEX0, 30, 300, 7),
-    "record600": (T.EVAL_INDEX0, 60, 600, 7),
+    f"record{RECORD.n_eval_windows}": (T.EVAL_INDEX0, RECORD.n_eval_clips, RECORD.n_eval_windows, None),
+    f"record{2 * RECORD.n_eval_windows}": (T.EVAL_INDEX0, 2 * RECORD.n_eval_clips, 2 * RECORD.n_eval_windows, None),
     "other400": (T.EVAL_INDEX0 + 100, 40, 400, 99),
     "test200": (T.TEST_INDEX0, 20, 200, 12345),
 }
@@ -42,7 +44,7 @@ def main() -> None:
         first, n_clips, n_windows, eval_seed = SETS[name]
         clips = T.synth_clips(T.clip_seeds(args.seed, n_clips, first), cfg, workers=2, progress=False)
         for ckpt, model in models.items():
-            res = T.evaluate(model, clips, cfg, n_windows, eval_seed)
+            res = T.evaluate(model, clips, cfg, n_windows, T.eval_seed(args.seed) if eval_seed is None else eval_seed)
             print(f"{name:10s} {ckpt}: acc@1 {res['acc1']:.4f}  acc@1 +-1 {res['acc1_pm1']:.4f}  ({n_windows} windows)",
                   flush=True)
 

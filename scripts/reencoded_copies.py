@@ -5,8 +5,8 @@
 
 For each seed a 9 s synthetic clip is written as the original (25 fps, 16 kHz, 64x64) and as a copy at 29.97 fps,
 44.1 kHz stereo, 640x360 (the picture scaled to the height between black bars; tests/test_robustness.write_copy);
-both are predicted at offsets -1.6, -0.8, 0, 0.8, 1.6 s from start 1.6 s. Prints how many windows give the same
-class within one, and how often each file is right.
+both are predicted at the copy test's windows (offsets -1.6, -0.8, 0, 0.8, 1.6 s from start 1.6 s). Prints how
+many windows give the same class within one, and how often each file is right.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synchlib  # noqa: E402
 from synchlib.synthetic import make_clip, render  # noqa: E402
-from tests.test_robustness import FPS_2997, write_copy  # noqa: E402
+from tests.test_robustness import COPY_OFFSETS, COPY_START_SEC, FPS_2997, write_copy  # noqa: E402
 
-OFFSETS = (-1.6, -0.8, 0.0, 0.8, 1.6)
 FIRST_SEED = 777
 
 
@@ -44,9 +43,9 @@ def main() -> None:
             frames, audio, _ = render(info.seed, duration_sec=9.0)
             copy = write_copy(frames, audio, Path(tmp) / f"copy_{seed}.mp4", FPS_2997, 44100)
             for ckpt, model in models.items():
-                for off in OFFSETS:
-                    a = synchlib.predict(model, original, offset_sec=off, start_sec=1.6)
-                    b = synchlib.predict(model, copy, offset_sec=off, start_sec=1.6)
+                for off in COPY_OFFSETS:
+                    a = synchlib.predict(model, original, offset_sec=off, start_sec=COPY_START_SEC)
+                    b = synchlib.predict(model, copy, offset_sec=off, start_sec=COPY_START_SEC)
                     rows[ckpt].append((seed, off, a.target_class, a.class_index, b.class_index))
     for ckpt, r in rows.items():
         r = np.array(r)

@@ -726,10 +726,7 @@ def train_step(model: Synchformer, opt: torch.optim.Optimizer, batch: Batch, gra
         ev = event_loss(model, vfeats, afeats, batch, layout)
         loss = loss + event_weight * ev
         out["event_loss"] = float(ev.detach())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    apply_gradients(opt, loss, model.parameters(), grad_clip)
     acc = float((logits.detach().argmax(-1) == batch.target).float().mean())
     return {"loss": float(ce.detach()), **out, "train_acc": acc}
 
@@ -739,11 +736,16 @@ def detect_step(model: Synchformer, opt: torch.optim.Optimizer, batch: Batch, gr
     """One step of :func:`event_loss` alone: the feature extractors and the projections' event rows learn what an
     event looks and sounds like without running the synchronisation module. Returns ``{"event_loss"}``."""
     ev = event_loss(model, model.extract_vfeats(batch.vid), model.extract_afeats(batch.aud), batch, layout)
-    opt.zero_grad(set_to_none=True)
-    ev.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    apply_gradients(opt, ev, model.parameters(), grad_clip)
     return {"event_loss": float(ev.detach())}
+
+
+def apply_gradients(opt: torch.optim.Optimizer, loss: Tensor, params: Iterable[nn.Parameter], grad_clip: float) -> None:
+    """One optimiser update from ``loss``: fresh gradients, their global norm clipped to ``grad_clip``, a step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
 
 
 def segment_embeddings(model: Synchformer, vid: Tensor, aud: Tensor) -> tuple[Tensor, Tensor]:
@@ -976,11 +978,8 @@ def pretrain_contrastive(model: Synchformer, clips: Sequence[Decoded], cfg: Conf
         batch = make_batch(clips, specs, cfg)
         v, a = segment_embeddings(model, batch.vid, batch.aud)
         loss = contrastive_loss(v, a, s.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, s.grad_clip)
-        opt.step()
-        losses.append(float(loss))
+        apply_gradients(opt, loss, params, s.grad_clip)
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{float(loss):.3f}")
     return losses
 

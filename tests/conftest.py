@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from .helpers import StaticServer
+from .helpers import TINY, StaticServer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SYNCHLIB_SHARED", REPO.parent / "shared"))
@@ -23,9 +23,6 @@ SAMPLE_B = SAMPLES / "ZYc410CE4Rg_0_10000.mp4"
 RELEASED_ID = "24-01-04T16-39-21"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-TINY = "tiny-synthetic"
 
 
 @pytest.fixture(scope="module")

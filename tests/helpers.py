@@ -13,6 +13,9 @@ import av
 import numpy as np
 
 
+TINY = "tiny-synthetic"  # the shipped tiny model (and its config)
+
+
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep test output readable
         pass

@@ -23,9 +23,9 @@ from synchlib.io import decode, read_audio
 from synchlib.preprocess import frames_to_input, log_mel
 from synchlib.synthetic import make_clip
 
+from .helpers import TINY
 from .onset_oracle import OnsetOracle
 
-TINY = "tiny-synthetic"
 SHIFT_SEC = 0.8  # four grid steps
 CLIP_SEC = 8.0  # av-benchmark's usual clip length: the two windows share 4 segments
 

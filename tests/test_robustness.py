@@ -30,12 +30,13 @@ from synchlib.errors import ClipTooShortError, UnreliableInputWarning, VideoDeco
 from synchlib.io import align_audio, clockwise_rotation, frame_ticks, probe, read_video, rotate_clockwise
 from synchlib.preprocess import load_clip
 
-from .helpers import event_times, video_frame_times, write_av, write_media
+from .helpers import TINY, event_times, video_frame_times, write_av, write_media
 
-TINY = "tiny-synthetic"
 VFR_TIMES = np.cumsum(np.r_[0.0, np.random.default_rng(1).choice([0.016, 0.033, 0.05, 0.1], 150)])
 FPS_2997 = Fraction(30000, 1001)
 COPY_SIZE = (640, 360)  # the re-encoded copy of the issue: 29.97 fps, 44.1 kHz stereo, 640x360
+COPY_OFFSETS = (-1.6, -0.8, 0.0, 0.8, 1.6)  # windows compared between a copy and its original ...
+COPY_START_SEC = 1.6  # ... all starting here
 
 # name -> write_av arguments. Defaults: 6 s, 25 fps, 96x64 H.264 + 16 kHz mono AAC in MP4 (normalised for the
 # tiny config, so decoded as it is).
@@ -478,9 +479,9 @@ def test_reencoded_copy_predicts_like_the_original(tmp_path):
     # copy is right on all 50 and the original on 48; all 5 of seed 777 agree. A broken normalisation (time shift,
     # wrong rate, wrong crop) would move them all.
     agree, right = [], []
-    for offset in (-1.6, -0.8, 0.0, 0.8, 1.6):
-        a = synchlib.predict(model, original, offset_sec=offset, start_sec=1.6)
-        b = synchlib.predict(model, copy, offset_sec=offset, start_sec=1.6)
+    for offset in COPY_OFFSETS:
+        a = synchlib.predict(model, original, offset_sec=offset, start_sec=COPY_START_SEC)
+        b = synchlib.predict(model, copy, offset_sec=offset, start_sec=COPY_START_SEC)
         agree.append(abs(a.class_index - b.class_index) <= 1)
         right.append(abs(a.class_index - a.target_class) <= 1 and abs(b.class_index - b.target_class) <= 1)
     assert all(agree) and sum(right) >= 4, (agree, right)
