@@ -12,6 +12,7 @@ from .errors import (
     CheckpointError,
     ClipTooShortError,
     ConfigError,
+    InvalidArgumentError,
     MissingStreamError,
     OffsetOutsideGridWarning,
     SynchlibError,
@@ -29,7 +30,7 @@ from .sweep import Predictor, sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "RELEASED", "CheckpointError", "Clip", "ClipTooShortError", "Config", "ConfigError", "MissingStreamError",
+    "RELEASED", "CheckpointError", "Clip", "ClipTooShortError", "Config", "ConfigError", "InvalidArgumentError", "MissingStreamError",
     "OffsetOutsideGridWarning", "Prediction", "Predictor", "Synchformer", "SynchlibError", "SynchlibWarning",
     "UnreliableInputWarning", "VideoDecodeError", "VideoNotFoundError", "build_model", "fetch", "load_clip",
     "load_config", "load_model", "predict", "resolve_video", "sample_path", "read_checkpoint", "save_checkpoint", "sweep",

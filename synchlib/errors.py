@@ -35,6 +35,11 @@ class ClipTooShortError(SynchlibError):
     """The clip is too short for the requested window, offset and start time."""
 
 
+class InvalidArgumentError(SynchlibError, ValueError):
+    """A number or option the user gave is out of range, not finite, or of the wrong kind (the message names
+    the accepted range)."""
+
+
 class SynchlibWarning(UserWarning):
     """Base class of synchlib's warnings: the answer may be unreliable for a stated reason."""
 
