@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import struct
 import tempfile
@@ -574,7 +575,9 @@ class _NumpyDtype:
     """Stands for ``numpy.dtype`` while reading a numpy scalar; keeps only the type code and byte order."""
 
     def __init__(self, code: Any, align: Any = False, copy: Any = True):
-        self.code = str(code)
+        if not isinstance(code, str):  # never str() an object from the file: a shared-list bomb prints forever
+            raise _Refused(f"numpy dtype code of type {type(code).__name__}")
+        self.code = code
         self.byteorder = "="
 
     def __setstate__(self, state: Any) -> None:
@@ -593,9 +596,10 @@ def _numpy_scalar(dtype: Any, data: Any = b"") -> bool | int | float:
 
     The reference training code stored metrics computed by sklearn/numpy (``numpy.float64``) in the checkpoint.
     """
-    fmt = _NUMPY_STRUCT.get(getattr(dtype, "code", None) or "")
-    if not isinstance(dtype, _NumpyDtype) or fmt is None or not isinstance(data, bytes):
-        raise _Refused(f"numpy scalar of dtype {getattr(dtype, 'code', dtype)!r}")
+    fmt = _NUMPY_STRUCT.get(dtype.code) if isinstance(dtype, _NumpyDtype) else None
+    if fmt is None or not isinstance(data, bytes):
+        what = repr(dtype.code) if isinstance(dtype, _NumpyDtype) else type(dtype).__name__
+        raise _Refused(f"numpy scalar of dtype {what}")
     order = {"<": "<", ">": ">", "|": "<", "=": "="}[dtype.byteorder]
     try:
         (value,) = struct.unpack(order + fmt, data)
@@ -624,27 +628,90 @@ _SAFE_GLOBALS: list[tuple[Any, str]] = [
 ]
 
 
-def _to_plain(obj: Any, _depth: int = 0) -> Any:
-    """Turn the stand-in tree (and any containers) into plain dicts, lists and scalars; tensors stay tensors."""
-    if _depth > 200:
-        raise CheckpointError("the checkpoint metadata nests too deeply (a cycle?); it is not a valid checkpoint")
-    d = _depth + 1
-    if isinstance(obj, (_DictConfig, _ListConfig)):
-        content = obj.__dict__.get("_content")
-        return _to_plain(content, d) if isinstance(content, (dict, list)) else content
-    if isinstance(obj, _AnyNode):
-        return _to_plain(obj.__dict__.get("_val"), d)
-    if isinstance(obj, _TypeRef):
-        return obj.name
-    if isinstance(obj, (_Metadata, _NumpyDtype)):
-        return None
-    if isinstance(obj, Mapping):
-        return {k: _to_plain(v, d) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_plain(v, d) for v in obj]
-    if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
-        return tuple(_to_plain(v, d) for v in obj)
-    return obj
+_META_MAX_DEPTH = 200  # nesting levels (stand-ins included); a released config nests about 20 deep
+_META_MAX_VALUES = 1_000_000  # values in the metadata written out as a tree; a released checkpoint has ~10^4
+_PLAIN_SCALARS = (str, int, float, bool, type(None), bytes, torch.Tensor)
+_TRAIL_SHOWN = 6  # keys of the path to a refused value that a message shows
+
+
+def _short_repr(key: Any) -> str:
+    """A dict key for a message: strings and numbers as written, anything else by type only (its repr could be
+    as large as the file allows)."""
+    return repr(key)[:60] if isinstance(key, (str, int, float)) else f"<{type(key).__name__}>"
+
+
+def _to_plain(obj: Any, where: str, advice: str, *, plain_only: bool = False) -> Any:
+    """Turn the stand-in tree (and any containers) into plain dicts, lists, tuples and scalars; tensors stay tensors.
+
+    Each container is converted once (memo by ``id``): an object that appears in several places comes back as one
+    shared object, so the work is linear in the number of objects, i.e. in the size of the file they came from.
+    Refused with a :class:`CheckpointError` naming ``where`` and ending with ``advice``: nesting deeper than
+    ``_META_MAX_DEPTH``, a container that contains itself, and a tree that, written out (shared parts counted each
+    time they appear, as a JSON or YAML dump or any plain recursive walk would see it), holds more than
+    ``_META_MAX_VALUES`` values -- e.g. ``L = [L, L]`` forty times over, 2**40 values in a few kB.
+
+    ``plain_only`` (for :func:`save_checkpoint`): leaves must be str/int/float/bool/None/bytes/tensors and dict
+    keys str or int.
+    """
+    memo: dict[int, tuple[Any, int]] = {}  # id -> (converted, values when written out)
+    on_path: set[int] = set()  # ids of the containers being converted (a cycle leads back to one of them)
+    trail: list[Any] = []  # keys and indices leading to the current value, for messages
+
+    def here() -> str:
+        shown = "".join(f"[{_short_repr(k)}]" for k in trail[:_TRAIL_SHOWN])
+        return where + shown + ("[...]" if len(trail) > _TRAIL_SHOWN else "")
+
+    def walk(node: Any, depth: int) -> tuple[Any, int]:
+        if depth > _META_MAX_DEPTH:
+            raise CheckpointError(f"{here()} nests more than {_META_MAX_DEPTH} levels deep; {advice}")
+        if isinstance(node, _TypeRef):
+            return node.name, 1
+        if isinstance(node, (_Metadata, _NumpyDtype)):
+            return None, 1
+        is_tuple = isinstance(node, tuple) and not isinstance(node, torch.Size)
+        if not (is_tuple or isinstance(node, (_DictConfig, _ListConfig, _AnyNode, Mapping, list))):
+            if plain_only and not isinstance(node, _PLAIN_SCALARS):
+                raise CheckpointError(
+                    f"{here()} is a {type(node).__name__}; checkpoints hold only dicts, lists, numbers, strings "
+                    "and tensors (convert it first, e.g. OmegaConf.to_container(cfg) or float(x))"
+                )
+            return node, 1
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in on_path:
+            raise CheckpointError(f"{here()} contains itself (a reference cycle); {advice}")
+        on_path.add(key)
+        if isinstance(node, (_DictConfig, _ListConfig)):
+            result, size = walk(node.__dict__.get("_content"), depth + 1)
+        elif isinstance(node, _AnyNode):
+            result, size = walk(node.__dict__.get("_val"), depth + 1)
+        else:
+            items = node.items() if isinstance(node, Mapping) else enumerate(node)
+            converted, size = [], 1
+            for k, v in items:
+                if plain_only and isinstance(node, Mapping) and not isinstance(k, (str, int)):
+                    raise CheckpointError(f"{here()} has a key of type {type(k).__name__}; use str or int keys")
+                trail.append(k)
+                value, n = walk(v, depth + 1)
+                trail.pop()
+                converted.append((k, value))
+                size += n
+            if isinstance(node, Mapping):
+                result = dict(converted)
+            else:
+                values = [value for _, value in converted]
+                result = tuple(values) if is_tuple else values
+        on_path.discard(key)
+        if size > _META_MAX_VALUES:
+            raise CheckpointError(
+                f"{here()} holds more than {_META_MAX_VALUES:,} values when written out (parts that appear in "
+                f"several places count each time); {advice}"
+            )
+        memo[key] = (result, size)
+        return result, size
+
+    return walk(obj, 0)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -688,6 +755,82 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+class _HugeKey(Exception):
+    """A dict key in the pickle is a tuple too large to hash in reasonable time."""
+
+
+_KEY_MAX_VALUES = 256  # values in one dict key written out; the keys of a real checkpoint are strings and ints
+_LEGACY_PICKLES = 5  # a legacy (pre-zip) torch file starts with magic number, version, sys info, data, storage keys
+
+
+def _scan_pickle_keys(stream: Any) -> None:
+    """Refuse a pickle whose dict keys are huge tuples, before torch unpickles it.
+
+    Storing a key hashes it, and hashing a tuple walks every path through it: a key built from shared tuples
+    (``t = (t, t)`` forty times) costs 2**40 steps inside ``torch.load``, and a very deeply nested one overflows the
+    C stack. This walks the opcodes once (no object is built), tracking for each stack item how many values it holds
+    written out, and raises :class:`_HugeKey` for a key of more than ``_KEY_MAX_VALUES``. Opcodes it cannot parse
+    end the scan: ``torch.load`` then reports the damage itself.
+    """
+    stack: list[int] = []  # per stack item: values when written out (tuples sum their items, the rest count 1)
+    marks: list[int] = []
+    memo: dict[Any, int] = {}
+
+    def check_key(size: int) -> None:
+        if size > _KEY_MAX_VALUES:
+            raise _HugeKey(f"a dict key built from more than {_KEY_MAX_VALUES} values")
+
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            before, after = op.stack_before, op.stack_after
+            if op.name == "MARK":
+                marks.append(len(stack))
+                continue
+            if op.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = stack[-1] if stack else 1
+                continue
+            if op.name in ("BINGET", "LONG_BINGET", "GET"):
+                stack.append(memo.get(arg, 1))
+                continue
+            if pickletools.markobject in before:
+                start = marks.pop() if marks else 0
+                items, stack[start:] = stack[start:], []
+                n_before = before.index(pickletools.markobject)
+            else:
+                n_before = len(before)
+                items, stack[len(stack) - n_before :] = stack[len(stack) - n_before :], []
+            if op.name == "SETITEM":
+                check_key(items[-2] if len(items) >= 2 else 1)
+            elif op.name in ("SETITEMS", "DICT"):
+                for size in items[0::2]:
+                    check_key(size)
+            if op.name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+                stack.append(min(1 + sum(items), _KEY_MAX_VALUES + 1))
+                continue
+            if pickletools.markobject in before:
+                del stack[len(stack) - n_before :]
+            stack.extend([1] * len(after))
+            if op.name == "STOP":
+                return
+    except (ValueError, EOFError, IndexError, UnicodeDecodeError):
+        return
+
+
+def _scan_checkpoint_keys(path: Path) -> None:
+    """:func:`_scan_pickle_keys` over the pickles ``torch.load`` will read from ``path``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            member = f"{names[0].split('/')[0]}/data.pkl" if names else ""
+            if member in names:
+                with zf.open(member) as f:
+                    _scan_pickle_keys(f)
+        return
+    with open(path, "rb") as f:
+        for _ in range(_LEGACY_PICKLES):
+            _scan_pickle_keys(f)
+
+
 def _load(path: Path) -> Any:
     """``torch.load`` with weights_only and synchlib's stand-ins; memory-maps files in torch's zip format."""
     if _torch_version() < (2, 6):  # safe_globals with (object, "module.name") pairs arrived in torch 2.6
@@ -697,8 +840,15 @@ def _load(path: Path) -> Any:
         )
     mmap = zipfile.is_zipfile(path)
     try:
+        _scan_checkpoint_keys(path)
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except _HugeKey as e:
+        raise CheckpointError(
+            f"{path} is not a checkpoint synchlib can read: it holds {e} (the keys of a checkpoint are names; a key "
+            "built from shared tuples can take longer to store than any computer can run), so the file is damaged "
+            "or was made to stall whoever loads it. Use another copy of the checkpoint."
+        ) from None
     except _Refused as e:
         raise CheckpointError(_refusal_message(path, str(e))) from None
     except pickle.UnpicklingError as e:
@@ -749,44 +899,27 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "save the model's state_dict() instead"
         )
     if "model" in obj and isinstance(obj["model"], Mapping):
-        sd, meta = obj["model"], {k: _to_plain(v) for k, v in obj.items() if k != "model"}
+        advice = (
+            "a checkpoint's metadata is a small tree of plain values, so this file is damaged or was made to "
+            "exhaust memory. If you trust its weights, save them alone: "
+            "torch.save(torch.load(path, weights_only=True)['model'], 'weights.pt'), and pass that file"
+        )
+        sd = obj["model"]
+        meta = _to_plain({k: v for k, v in obj.items() if k != "model"}, f"{path}: metadata", advice)
     elif _is_state_dict(obj):
         sd, meta = obj, {}
     else:
-        keys = ", ".join(map(repr, list(obj)[:8]))
+        keys = ", ".join(_short_repr(k) for k in list(obj)[:8])
         raise CheckpointError(
             f"{path} has neither a 'model' state dict nor only tensors (top-level keys: {keys}); "
             "save {'model': model.state_dict(), ...} or the bare state_dict()"
         )
     bad = next(((k, v) for k, v in sd.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
     if bad is not None:
-        raise CheckpointError(f"{path}: state dict entry {bad[0]!r} is a {type(bad[1]).__name__}, not a tensor")
+        raise CheckpointError(
+            f"{path}: state dict entry {_short_repr(bad[0])} is a {type(bad[1]).__name__}, not a tensor"
+        )
     return _strip_module_prefix(sd, path), meta
-
-
-_PLAIN_SCALARS = (str, int, float, bool, type(None), bytes, torch.Tensor)
-
-
-def _check_plain(obj: Any, where: str, _depth: int = 0) -> None:
-    """Raise unless ``obj`` is made of dicts/lists/tuples/scalars/tensors only (what read_checkpoint accepts)."""
-    if _depth > 100:
-        raise CheckpointError(f"{where} nests too deeply to be saved")
-    if isinstance(obj, _PLAIN_SCALARS):
-        return
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise CheckpointError(f"{where} has a key of type {type(k).__name__}; use str or int keys")
-            _check_plain(v, f"{where}[{k!r}]", _depth + 1)
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]", _depth + 1)
-        return
-    raise CheckpointError(
-        f"{where} is a {type(obj).__name__}; checkpoints hold only dicts, lists, numbers, strings and tensors "
-        "(convert it first, e.g. OmegaConf.to_container(cfg) or float(x))"
-    )
 
 
 def save_checkpoint(
@@ -806,13 +939,12 @@ def save_checkpoint(
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(f"state dict entry {key!r} is a {type(value).__name__}; expected str -> tensor")
         sd[key] = value.detach().cpu()
-    plain_args = _to_plain(args)
-    _check_plain(plain_args, "args")
     if "model" in extra:
         raise CheckpointError("pass the weights as state_dict, not as model=")
-    for key, value in extra.items():
-        _check_plain(value, key)
-    payload: dict[str, Any] = {"model": sd, "args": plain_args, "epoch": 0, "model_type": "Synchformer", **extra}
+    advice = "save a small tree of plain values (e.g. OmegaConf.to_container(cfg) for a config)"
+    plain_args = _to_plain(args, "args", advice, plain_only=True)
+    plain_extra = {key: _to_plain(value, key, advice, plain_only=True) for key, value in extra.items()}
+    payload: dict[str, Any] = {"model": sd, "args": plain_args, "epoch": 0, "model_type": "Synchformer", **plain_extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     try:

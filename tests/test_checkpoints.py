@@ -9,10 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import pickle
+import struct
+import subprocess
 import sys
 import threading
+import types
 import zipfile
 from collections import Counter, OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -606,3 +610,170 @@ def test_pickle_module_not_used_for_safe_load(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         ck.read_checkpoint(path)
     assert CALLS == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metadata that would take unbounded work: each must be read (or refused) in time linear in the file's size
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = 40  # t = (t, t) forty times: 2**40 values when written out, a few kB on disk
+DEEP = 200_000  # nesting levels of the deep key: hashing it recursed past the C stack (a crash)
+PLACEHOLDER = "KEY-PLACEHOLDER"
+# A regression hangs (2**40 steps) or crashes; a correct reader needs well under a second per file. The guard only
+# turns a hang into a failure and is far above any honest run, slow machine included.
+GUARD_S = 120
+
+
+def standin_classes(mp: pytest.MonkeyPatch) -> dict[str, type]:
+    """Classes that pickle under omegaconf's names, as the released configs do, without needing omegaconf."""
+    out: dict[str, type] = {}
+    mp.setitem(sys.modules, "omegaconf", types.ModuleType("omegaconf"))
+    for module, name in [("omegaconf.dictconfig", "DictConfig"), ("omegaconf.nodes", "AnyNode")]:
+        mod = types.ModuleType(module)
+        cls = type(name, (), {"__module__": module})
+        setattr(mod, name, cls)
+        mp.setitem(sys.modules, module, mod)
+        out[name] = cls
+    return out
+
+
+def node(cls: type, **state: Any) -> Any:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+def with_key_ops(path: Path, ops: bytes) -> None:
+    """Save a checkpoint whose args dict has one key, built by the raw pickle opcodes ``ops`` (keys that Python
+    itself could never build without hashing them first)."""
+    torch.save({"model": tiny_state_dict(), "args": {PLACEHOLDER: 1}}, path)
+    mark = b"X" + struct.pack("<I", len(PLACEHOLDER)) + PLACEHOLDER.encode()  # BINUNICODE of the placeholder
+    with zipfile.ZipFile(path) as src:
+        members = [(info.filename, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for name, data in members:
+            if name.endswith("/data.pkl"):
+                assert data.count(mark) == 1
+                data = data.replace(mark, ops)
+            out.writestr(name, data)
+
+
+def tuple_dag_ops(levels: int) -> bytes:
+    """Opcodes that leave t on the stack, with t = () and then t = (t, t) ``levels`` times (memo PUT/GET)."""
+    ops = b")"  # EMPTY_TUPLE
+    for i in range(levels):  # LONG_BINPUT i, LONG_BINGET i, TUPLE2
+        ops += b"r" + struct.pack("<I", 100_000 + i) + b"j" + struct.pack("<I", 100_000 + i) + b"\x86"
+    return ops
+
+
+def write_bomb(shape: str, path: Path) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        cls = standin_classes(mp)
+        if shape == "tuple_key_dag":
+            return with_key_ops(path, tuple_dag_ops(LEVELS))
+        if shape == "deep_tuple_key":
+            return with_key_ops(path, b")" + b"\x85" * DEEP)  # EMPTY_TUPLE, then TUPLE1 again and again
+        if shape in ("list_cycle", "dict_cycle", "config_cycle"):
+            if shape == "list_cycle":
+                value: Any = []
+                value += [value, value]
+            elif shape == "dict_cycle":
+                value = {}
+                value.update(a=value, b=value)
+            else:
+                value = node(cls["DictConfig"], _content={}, _parent=None)
+                value._content.update(a=value, b=value)
+        else:
+            value = node(cls["AnyNode"], _val=1) if shape == "config_dag" else 1
+            for _ in range(LEVELS):
+                value = {
+                    "list_dag": lambda v: [v, v],
+                    "dict_dag": lambda v: {"a": v, "b": v},
+                    "tuple_dag": lambda v: (v, v),
+                    "config_dag": lambda v: node(cls["DictConfig"], _content={"a": v, "b": v}, _parent=None),
+                }[shape](value)
+        torch.save({"model": tiny_state_dict(), "args": {"x": value}, "epoch": 1}, path)
+
+
+BOMBS = {  # shape -> what the refusal says
+    "list_dag": "holds more than 1,000,000 values",
+    "dict_dag": "holds more than 1,000,000 values",
+    "tuple_dag": "holds more than 1,000,000 values",
+    "config_dag": "holds more than 1,000,000 values",
+    "list_cycle": "contains itself",
+    "dict_cycle": "contains itself",
+    "config_cycle": "contains itself",
+    "tuple_key_dag": "dict key built from more than",
+    "deep_tuple_key": "dict key built from more than",
+}
+
+READER = """
+import json, sys
+from synchlib import checkpoints as ck
+for path in sys.argv[1:]:
+    try:
+        ck.read_checkpoint(path)
+        result = "loaded"
+    except Exception as e:
+        result = f"{type(e).__name__}: {e}"
+    print(json.dumps([path, result]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def bomb_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Read every bomb in a child process (a regression hangs or crashes there, not here); shape -> outcome."""
+    folder = tmp_path_factory.mktemp("bombs")
+    paths = {shape: folder / f"{shape}.pt" for shape in BOMBS}
+    for shape, path in paths.items():
+        write_bomb(shape, path)
+        assert path.stat().st_size < 2_000_000  # the work must not be explained by the size of the file
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        run = subprocess.run([sys.executable, "-c", READER, *map(str, paths.values())], env=env,
+                             capture_output=True, text=True, timeout=GUARD_S)  # fmt: skip
+        out, note = run.stdout, f"exit status {run.returncode}: {run.stderr[-2000:]}"
+    except subprocess.TimeoutExpired as e:
+        out, note = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "hung"
+    done = dict(json.loads(line) for line in out.splitlines() if line.startswith("["))
+    return {shape: done.get(str(path), f"no answer ({note})") for shape, path in paths.items()}
+
+
+@pytest.mark.parametrize("shape", list(BOMBS))
+def test_metadata_bombs_are_refused(bomb_results: dict[str, str], shape: str) -> None:
+    """Shared references (L = [L, L], also dicts, tuples, config nodes), cycles and huge or deep dict keys make a
+    few kB that a naive reader walks for ever (or hashes past the C stack); each is refused at once instead."""
+    assert bomb_results[shape].startswith("CheckpointError: ")
+    assert BOMBS[shape] in bomb_results[shape]
+
+
+def test_shared_metadata_comes_back_shared(tmp_path: Path) -> None:
+    shared = {"betas": [0.9, 0.999], "eps": 1e-8}
+    path = ck.save_checkpoint(tmp_path / "s.pt", tiny_state_dict(), {"a": shared, "b": shared, "t": (shared,)})
+    _, meta = ck.read_checkpoint(path)
+    assert meta["args"] == {"a": shared, "b": shared, "t": (shared,)}
+    assert meta["args"]["a"] is meta["args"]["b"] is meta["args"]["t"][0]  # converted once, not once per path
+
+
+SAVER = """
+import sys, torch
+from synchlib import checkpoints as ck
+value = 1
+for _ in range(int(sys.argv[2])):
+    value = {"list": lambda v: [v, v], "dict": lambda v: {"a": v, "b": v}}[sys.argv[3]](value)
+try:
+    ck.save_checkpoint(sys.argv[1], {"w": torch.ones(1)}, {"x": value})
+    print("saved")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_save_checkpoint_refuses_shared_bombs(tmp_path: Path, kind: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", SAVER, str(tmp_path / "out.pt"), str(LEVELS), kind], env=env,
+                         capture_output=True, text=True, timeout=GUARD_S)  # fmt: skip
+    assert run.stdout.startswith("CheckpointError: args['x']"), run.stdout + run.stderr[-2000:]
+    assert "holds more than 1,000,000 values" in run.stdout
+    assert not (tmp_path / "out.pt").exists()
