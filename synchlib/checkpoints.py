@@ -13,10 +13,14 @@
 * :func:`save_checkpoint` writes synchlib's own checkpoints in the released layout, readable by the same function.
 
 Cache layout: ``cache_dir()/<id>/<id>.pt`` plus ``<id>.pt.verified``, a small JSON note with the size, mtime and
-digest of the file when it was last verified. A later :func:`fetch` trusts a cached file whose size and mtime still
-match its note (no re-hash of ~1.1 GB); a file without a matching note is hashed again, and one that fails its hash
-is deleted and downloaded again. Downloads go to a temporary ``.part`` file in the same folder, are verified there
-and only then renamed into place, so the cache never holds a partial or corrupt checkpoint under its final name.
+full md5 and sha256 of the file when it was last verified. A later :func:`fetch` trusts a cached file whose size and
+mtime still match its note (no re-hash of ~1.1 GB); a file without a matching note is hashed again, and one that
+fails its hash is deleted and downloaded again. Downloads go to a temporary ``.part`` file in the same folder, are
+verified there and only then renamed into place, so the cache never holds a partial or corrupt checkpoint under its
+final name. ``cache_dir()/known_digests.json`` records the full digests of every file verified so far (the
+published hashes are 7-digit prefixes), so that a later, different file with the same prefix is refused;
+``cache_dir()/.locks/`` holds one lock per file, so that concurrent fetches download it once, and a ``.part`` left by
+a killed download is removed by the next fetch of that file.
 """
 
 from __future__ import annotations
@@ -24,27 +28,34 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 import pickletools
 import re
 import struct
+import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InvalidArgumentError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_DEADLINE",
+    "DEFAULT_STALL_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "PACKAGED",
     "RELEASED",
     "ReleasedCheckpoint",
@@ -63,9 +74,22 @@ DEFAULT_BASE_URL = "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219
 ENV_CACHE = "SYNCHLIB_CACHE"
 ENV_MIRROR = "SYNCHLIB_MIRROR"
 ENV_REGISTRY = "SYNCHLIB_REGISTRY"
+ENV_ALLOW_REDIRECTS = "SYNCHLIB_ALLOW_REDIRECTS"
 ASSETS_DIR = Path(__file__).parent / "assets"
+KNOWN_DIGESTS = "known_digests.json"  # in cache_dir(): full digests of the files verified so far
 
-_CHUNK = 1 << 20  # bytes per read when hashing and per chunk when downloading
+DEFAULT_TIMEOUT = 30.0  # s to connect, to get an answer, or to get the next bytes
+DEFAULT_STALL_TIMEOUT = 60.0  # s in which an attempt must receive at least _STALL_MIN_BYTES
+DEFAULT_DEADLINE = 3 * 3600.0  # s for a whole fetch (1.1 GB at 100 kB/s takes about 3 hours)
+
+_CHUNK = 1 << 20  # bytes per read when hashing and at most per read when downloading
+_STALL_MIN_BYTES = 64 * 1024  # an attempt receiving less than this per stall_timeout has stalled
+_NOTICE_AFTER = 5.0  # s without data (or half the time limit, if shorter) before saying "waiting for <host>"
+_WATCH_POLL = 0.1  # s between the looks of the thread that says so
+_MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MIN_CONFIG_TIME = 10.0  # s left for cfg-<id>.yaml even when the checkpoint used up the deadline (a few kB)
+_LOCKS = ".locks"  # in cache_dir(): one lock file per cached file
 _MIN_PREFIX = 7  # shortest hash prefix accepted (the published md5 prefixes have 7 hex digits)
 _DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
 
@@ -284,52 +308,135 @@ def _parse_hash(spec: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The verified-file note next to each cached download
+# What synchlib knows about each cached file: the note beside it and the full digests recorded per cache
+
+_FULL_DIGESTS = ("md5", "sha256")  # computed for every download and recorded once it has been verified
+
+
+def _file_digests(path: Path) -> dict[str, str]:
+    """Hex md5 and sha256 of a file, in one pass."""
+    hashers = {name: hashlib.new(name) for name in _FULL_DIGESTS}
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            for h in hashers.values():
+                h.update(chunk)
+    return {name: h.hexdigest() for name, h in hashers.items()}
 
 
 def _note_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _write_note(path: Path, algorithm: str | None, digest: str | None) -> None:
+def _write_note(path: Path, digests: Mapping[str, str | None]) -> None:
     st = path.stat()
-    note = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "algorithm": algorithm, "digest": digest}
+    note = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **{name: digests.get(name) for name in _FULL_DIGESTS}}
     _atomic_write_bytes(_note_path(path), json.dumps(note).encode())
 
 
-def _read_note(path: Path) -> dict[str, Any] | None:
+def _noted_digests(path: Path) -> dict[str, Any] | None:
+    """The digests the note beside ``path`` records, if the note describes the file as it is now (size, mtime)."""
     try:
         note = json.loads(_note_path(path).read_text())
+        st = path.stat()
     except (OSError, ValueError):
         return None
-    return note if isinstance(note, dict) else None
+    if not isinstance(note, dict) or note.get("size") != st.st_size or note.get("mtime_ns") != st.st_mtime_ns:
+        return None
+    return {name: note.get(name) for name in _FULL_DIGESTS}
 
 
-def _note_vouches_for(path: Path, expected: str | None) -> bool:
-    """True when the note says ``path`` was verified against ``expected`` and the file has not changed since."""
-    note = _read_note(path)
-    st = path.stat()
-    if note is None or note.get("size") != st.st_size or note.get("mtime_ns") != st.st_mtime_ns:
+def _hash_problem(digests: Mapping[str, Any], expected: str, size: int) -> str | None:
+    """Why a file with these digests does not match ``expected`` (None if it does)."""
+    algorithm, prefix = _parse_hash(expected)
+    digest = digests.get(algorithm)
+    if isinstance(digest, str) and digest.startswith(prefix):
+        return None
+    return (
+        f"the {size}-byte file has {algorithm} {digest}, expected one starting with {prefix} "
+        "(a truncated or different file)"
+    )
+
+
+def _known_key(ckpt_id: str, filename: str) -> str:
+    """The entry of a file in ``known_digests.json``: its id, or ``<id>/<file>`` for a file other than ``<id>.pt``."""
+    return ckpt_id if filename == f"{ckpt_id}.pt" else f"{ckpt_id}/{filename}"
+
+
+def _read_known(root: Path) -> dict[str, dict[str, Any]]:
+    """``known_digests.json`` of the cache folder ``root``: entry -> {file, size, md5, sha256}."""
+    path = root / KNOWN_DIGESTS
+    fix = "Delete it: synchlib then records the full digests of the next verified downloads again."
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}). {fix}") from None
+    if not isinstance(known, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in known.values()
+    ):
+        raise CheckpointError(f"{path} is damaged (not the record synchlib writes). {fix}")
+    return known
+
+
+def _known_problem(root: Path, key: str, digests: Mapping[str, Any], expected: str) -> str | None:
+    """Why a file that matches ``expected`` is still not the one verified under ``key`` before (None if it is).
+
+    The published hashes are 7-digit md5 prefixes: a different file sharing one can be found or crafted. Once a
+    file has passed, its full digests are recorded, and later files must match them, unless ``expected`` is a full
+    digest itself (it then names the file exactly and replaces the record).
+    """
+    algorithm, prefix = _parse_hash(expected)
+    if len(prefix) == _DIGEST_LENGTHS[algorithm]:
+        return None
+    record = _read_known(root).get(key)
+    if record is None or record["sha256"] == digests.get("sha256"):
+        return None
+    return (
+        f"it matches the expected {algorithm} prefix {prefix} but is not the file verified for {key} before: its "
+        f"sha256 is {digests.get('sha256')}, the one recorded in {root / KNOWN_DIGESTS} is {record['sha256']}. "
+        f"A different file now goes by this name. If that is intended (e.g. a mirror with re-exported weights), "
+        f"remove the {key!r} entry from that file, or pass known_hash='sha256:<the new file's full digest>'"
+    )
+
+
+def _record_known(root: Path, key: str, path: Path, digests: Mapping[str, str]) -> None:
+    """Record the full digests of the verified file ``path`` under ``key`` in ``known_digests.json``."""
+    import filelock
+
+    with filelock.FileLock(_lock_dir(root) / f"{KNOWN_DIGESTS}.lock"):
+        known = _read_known(root)
+        known[key] = {"file": path.name, "size": path.stat().st_size, **{n: digests[n] for n in _FULL_DIGESTS}}
+        _atomic_write_bytes(root / KNOWN_DIGESTS, json.dumps(known, indent=1, sort_keys=True).encode())
+
+
+def _vouched(path: Path, expected: str | None, root: Path, key: str) -> bool:
+    """True when the note beside ``path`` shows that it passed ``expected`` (and the recorded full digests) and the
+    file has not changed since. Reads only; no hashing."""
+    noted = _noted_digests(path)
+    if noted is None:
         return False
     if expected is None:
         return True
-    algorithm, prefix = _parse_hash(expected)
-    return note.get("algorithm") == algorithm and str(note.get("digest", "")).startswith(prefix)
+    size = path.stat().st_size
+    return _hash_problem(noted, expected, size) is None and _known_problem(root, key, noted, expected) is None
 
 
-def _cached_file_ok(path: Path, expected: str | None) -> bool:
-    """Check a cached file cheaply via its note, else by hashing it (and then record a fresh note)."""
-    if _note_vouches_for(path, expected):
-        return True
+def _cached_problem(path: Path, expected: str | None, root: Path, key: str) -> str | None:
+    """Why the cached ``path`` cannot be used (None when it can). A file its note does not vouch for is hashed and,
+    if it passes, noted and recorded. Called with the file's lock held."""
+    if _vouched(path, expected, root, key):
+        return None
     if expected is None:  # nothing to check against; files only reach their final name complete
-        _write_note(path, None, None)
-        return True
-    algorithm, prefix = _parse_hash(expected)
-    digest = _file_digest(path, algorithm)
-    if not digest.startswith(prefix):
-        return False
-    _write_note(path, algorithm, digest)
-    return True
+        _write_note(path, {})
+        return None
+    digests = _file_digests(path)
+    size = path.stat().st_size
+    problem = _hash_problem(digests, expected, size) or _known_problem(root, key, digests, expected)
+    if problem is None:
+        _write_note(path, digests)
+        _record_known(root, key, path, digests)
+    return problem
 
 
 def _remove_cached(path: Path) -> None:
@@ -342,7 +449,197 @@ def _remove_cached(path: Path) -> None:
 
 
 class _HashMismatch(Exception):
-    pass
+    """The file arrived complete but is not the expected one: retrying would not help."""
+
+
+class _Transient(Exception):
+    """An attempt failed in a way worth retrying (a stall, a cut transfer); the message says how."""
+
+
+class _OutOfTime(Exception):
+    """The fetch's deadline passed; the message (possibly empty) says what it was waiting for."""
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """How long one :func:`fetch` may take, in seconds; ``ends`` is on the ``time.monotonic`` clock."""
+
+    timeout: float
+    stall_timeout: float
+    deadline: float
+    ends: float
+    allow_redirects: bool
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def wait(self) -> float:
+        """The longest one wait for the server may take now (connecting, an answer, the next bytes)."""
+        left = self.left()
+        if left <= 0:
+            raise _OutOfTime("")
+        return min(self.timeout, self.stall_timeout, left)
+
+
+def _say(message: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"synchlib: {message}", file=sys.stderr)
+
+
+class _Watch:
+    """Says "waiting for <host>" on stderr when nothing has arrived for a while.
+
+    The downloading thread is then blocked in a socket read, so a helper thread looks at the clock. It only prints
+    and never touches the connection: giving up is left to the socket timeout and the checks between reads.
+    """
+
+    def __init__(self, host: str, patience: float):
+        self.host, self.patience = host, patience
+        self.last = time.monotonic()  # when bytes last arrived (or the attempt began)
+        self.told = False  # whether the current quiet spell was reported
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="synchlib-download-watch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def arrived(self) -> None:
+        self.last, self.told = time.monotonic(), False
+
+    def _run(self) -> None:
+        while not self._stop.wait(_WATCH_POLL):
+            quiet = time.monotonic() - self.last
+            if not self.told and quiet >= min(_NOTICE_AFTER, self.patience / 2):
+                self.told = True
+                _say(
+                    f"waiting for {self.host}: nothing received for {quiet:.0f} s "
+                    f"(giving up after {self.patience:g} s without data)..."
+                )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, default ports filled in; what a redirect must keep."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: never the same origin
+        port = -1
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def _host(url: str) -> str:
+    """``host[:port]`` of a URL, without any credentials."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def _redirects_allowed(allow_redirects: bool | None) -> bool:
+    if allow_redirects is not None:
+        return bool(allow_redirects)
+    return os.environ.get(ENV_ALLOW_REDIRECTS, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _open(session: Any, url: str, limits: _Limits) -> Any:
+    """GET ``url`` for streaming; follow redirects one hop at a time, only to the same scheme, host and port unless
+    ``limits.allow_redirects``. Returns the ``requests.Response`` of the final hop (status 2xx)."""
+    origin = _origin(url)
+    hop = url
+    for _ in range(_MAX_REDIRECTS + 1):
+        wait = limits.wait()
+        response = session.get(
+            hop, stream=True, allow_redirects=False, timeout=(wait, wait), headers={"Accept-Encoding": "identity"}
+        )
+        if not response.is_redirect:
+            try:
+                response.raise_for_status()
+            except BaseException:
+                response.close()
+                raise
+            return response
+        target = urljoin(hop, response.headers["location"])
+        response.close()
+        if not limits.allow_redirects and _origin(target) != origin:
+            raise CheckpointError(
+                f"{url} redirects to another host, {_host(target)} ({target}); synchlib follows redirects only "
+                f"within {_host(url)}. If you trust {_host(target)}, set {ENV_ALLOW_REDIRECTS}=1 (or pass "
+                f"allow_redirects=True); or set {ENV_MIRROR} to a server that serves the files directly."
+            )
+        hop = target
+    raise CheckpointError(f"{url} redirects more than {_MAX_REDIRECTS} times; set {ENV_MIRROR} to another server")
+
+
+def _stream(response: Any, out: Any, hashers: list[Any], watch: _Watch, bar: Any, limits: _Limits) -> None:
+    """Copy the body of ``response`` into ``out``, checking progress and the deadline between reads."""
+    import urllib3
+
+    host, wait = watch.host, watch.patience
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            chunk = response.raw.read1(_CHUNK, decode_content=False)  # whatever has arrived, up to _CHUNK
+        except urllib3.exceptions.ReadTimeoutError:
+            if limits.left() <= 0:
+                raise _OutOfTime(f"nothing arrived from {host} for {wait:g} s") from None
+            raise _Transient(f"the download stalled: nothing arrived from {host} for {wait:g} s") from None
+        except urllib3.exceptions.HTTPError as e:  # connection reset, body shorter than announced, ...
+            raise _Transient(f"the transfer was cut short ({e})") from None
+        if not chunk:
+            return
+        out.write(chunk)
+        for h in hashers:
+            h.update(chunk)
+        watch.arrived()
+        bar.update(len(chunk))
+        now = time.monotonic()
+        if now >= limits.ends:
+            raise _OutOfTime("")
+        window_bytes += len(chunk)
+        if now - window_start >= limits.stall_timeout:
+            if window_bytes < _STALL_MIN_BYTES:
+                raise _Transient(
+                    f"the download stalled: {window_bytes} bytes arrived from {host} in {now - window_start:.0f} s "
+                    f"(stall_timeout={limits.stall_timeout:g} s asks for at least {_STALL_MIN_BYTES // 1024} KiB "
+                    "in that time)"
+                )
+            window_start, window_bytes = now, 0
+
+
+def _transfer(url: str, dest: Path, limits: _Limits, *, progress: bool, name: str) -> dict[str, str]:
+    """One HTTP download of ``url`` into ``dest``; returns the md5 and sha256 of what arrived.
+
+    A small loop over ``requests`` rather than ``pooch.HTTPDownloader``: pooch reads the body with
+    ``iter_content(chunk_size)``, which blocks until a whole chunk has arrived, so a server that trickles a byte every
+    few seconds is never given up on (each byte resets the socket timeout), and it follows redirects to any host.
+    ``read1`` returns whatever has arrived, so progress and the deadline are checked between reads, and each
+    redirect is checked before it is followed.
+    """
+    import requests
+    from tqdm.auto import tqdm
+
+    hashers = {n: hashlib.new(n) for n in _FULL_DIGESTS}
+    wait = limits.wait()
+    with requests.Session() as session, _Watch(_host(url), wait) as watch:
+        try:
+            response = _open(session, url, limits)
+        except requests.Timeout:
+            detail = f"no answer from {_host(url)} within {wait:g} s"
+            raise (_OutOfTime(detail) if limits.left() <= 0 else _Transient(detail)) from None
+        size = response.headers.get("Content-Length")
+        with response, open(dest, "wb") as out, tqdm(
+            total=int(size) if size and size.isdigit() else None, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=name, disable=not progress,
+        ) as bar:  # fmt: skip
+            _stream(response, out, list(hashers.values()), watch, bar, limits)
+            out.flush()
+            os.fsync(out.fileno())
+    return {n: h.hexdigest() for n, h in hashers.items()}
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -360,8 +657,49 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _partial_files(dest: Path) -> list[Path]:
+    """The temporary ``.part`` files of downloads of ``dest`` (and of its note). With the file's lock held, no live
+    download is writing them: they are what a killed one left behind."""
+    return [p for p in dest.parent.iterdir() if p.name.endswith(".part") and dest.name in p.name]
+
+
+def _lock_dir(root: Path, *sub: str) -> Path:
+    path = root.joinpath(_LOCKS, *sub)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot create the lock folder {path}: {e}. Set {ENV_CACHE} to a writable folder."
+        ) from None
+    return path
+
+
+@contextmanager
+def _download_lock(root: Path, ckpt_id: str, filename: str, limits: _Limits) -> Iterator[None]:
+    """Hold the lock of one cached file, so that one process or thread downloads it while the others wait and then
+    use the verified file. The operating system releases it when its process ends, however it ends."""
+    import filelock
+
+    lock = filelock.FileLock(_lock_dir(root, ckpt_id) / f"{filename}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        _say(f"waiting for another download of {ckpt_id}/{filename} to finish...")
+        try:
+            lock.acquire(timeout=max(limits.left(), 0.0))
+        except filelock.Timeout:
+            raise CheckpointError(
+                f"gave up waiting for another download of {ckpt_id}/{filename} within deadline={limits.deadline:g} "
+                f"s (lock {lock.lock_file}); let it finish, or raise fetch(..., deadline=)"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _is_transient(error: BaseException) -> bool:
-    """Network errors worth retrying: HTTP 5xx/408/429, connection problems, timeouts, truncated transfers."""
+    """Network errors worth retrying: HTTP 5xx/408/429, connection problems, stalls, truncated transfers."""
     import requests
 
     if isinstance(error, requests.HTTPError):
@@ -370,6 +708,7 @@ def _is_transient(error: BaseException) -> bool:
     return isinstance(
         error,
         (
+            _Transient,
             requests.ConnectionError,
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
@@ -385,9 +724,7 @@ def _describe(error: BaseException) -> str:
 
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code} {error.response.reason or ''}".strip()
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return f"the transfer was cut short ({error})"
-    if isinstance(error, _HashMismatch):
+    if isinstance(error, (_HashMismatch, _Transient)):
         return str(error)
     return f"{type(error).__name__}: {error}"
 
@@ -400,24 +737,12 @@ def _how_to_fix(ckpt_id: str) -> str:
     )
 
 
-def _transfer(url: str, dest: Path, *, progress: bool, timeout: float) -> None:
-    """One HTTP download of ``url`` into ``dest`` (pooch + requests; tqdm progress bar)."""
-    import pooch
-
-    downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=_CHUNK, timeout=timeout)
-    downloader(url, output_file=str(dest), pooch=None)
-
-
-def _verify(path: Path, expected: str) -> str:
-    algorithm, prefix = _parse_hash(expected)
-    digest = _file_digest(path, algorithm)
-    if not digest.startswith(prefix):
-        size = path.stat().st_size
-        raise _HashMismatch(
-            f"the {size}-byte file has {algorithm} {digest}, expected one starting with {prefix} "
-            "(a truncated or different file)"
-        )
-    return digest
+def _out_of_time(url: str, limits: _Limits, detail: str, last: BaseException | None, ckpt_id: str) -> str:
+    waiting = f" ({detail})" if detail else f" (last problem: {_describe(last)})" if last is not None else ""
+    return (
+        f"gave up on {url}: the download did not finish within deadline={limits.deadline:g} s{waiting}. "
+        f"{_how_to_fix(ckpt_id)} Or allow more time: fetch(..., deadline=<seconds>)."
+    )
 
 
 def _download(
@@ -425,38 +750,60 @@ def _download(
     dest: Path,
     expected: str | None,
     *,
+    root: Path,
     ckpt_id: str,
+    key: str,
     progress: bool,
     retries: int,
     backoff: float,
-    timeout: float,
+    limits: _Limits,
 ) -> None:
-    """Download ``url`` to ``dest`` via a temporary sibling file, verify it, then rename it into place."""
+    """Download ``url`` to ``dest`` via a temporary sibling file, verify it, then rename it into place. The caller
+    holds the file's lock. Retries and their pauses all fit in ``limits.deadline``. ``root`` is the cache folder
+    (for the recorded digests), ``key`` the file's entry there."""
     attempts = max(0, int(retries)) + 1
     last: BaseException | None = None
     for attempt in range(attempts):
         tmp = _temp_sibling(dest)
         try:
-            _transfer(url, tmp, progress=progress, timeout=timeout)
-            digest = _verify(tmp, expected) if expected else None
+            digests = _transfer(url, tmp, limits, progress=progress, name=dest.name)
+            if expected is not None:
+                size = tmp.stat().st_size
+                problem = _hash_problem(digests, expected, size) or _known_problem(root, key, digests, expected)
+                if problem is not None:
+                    raise _HashMismatch(problem)
             os.replace(tmp, dest)
-            algorithm = _parse_hash(expected)[0] if expected else None
-            _write_note(dest, algorithm, digest)
+            _write_note(dest, digests)
+            if expected is not None:
+                _record_known(root, key, dest, digests)
             return
         except _HashMismatch as e:  # the server holds a different file: retrying would not help
             raise CheckpointError(f"download of {url} failed verification: {e}. {_how_to_fix(ckpt_id)}") from None
+        except _OutOfTime as e:
+            raise CheckpointError(_out_of_time(url, limits, str(e), last, ckpt_id)) from None
+        except CheckpointError:
+            raise
         except Exception as e:
             if not _is_transient(e):
                 raise CheckpointError(f"could not download {url}: {_describe(e)}. {_how_to_fix(ckpt_id)}") from e
             last = e
         finally:
             tmp.unlink(missing_ok=True)
-        if attempt + 1 < attempts and backoff > 0:
-            time.sleep(backoff * 2**attempt)
+        if attempt + 1 < attempts:
+            pause = backoff * 2**attempt
+            if pause >= limits.left():
+                raise CheckpointError(_out_of_time(url, limits, "", last, ckpt_id))
+            time.sleep(pause)
     assert last is not None
     raise CheckpointError(
         f"could not download {url} after {attempts} attempt(s); last error: {_describe(last)}. {_how_to_fix(ckpt_id)}"
     ) from last
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"fetch: {name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def fetch(
@@ -468,7 +815,10 @@ def fetch(
     progress: bool = True,
     retries: int = 3,
     backoff: float = 2.0,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_TIMEOUT,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
+    allow_redirects: bool | None = None,
 ) -> Path:
     """Return the local path of a checkpoint file, downloading it into :func:`cache_dir` on first use.
 
@@ -482,14 +832,32 @@ def fetch(
         with_config: also fetch ``cfg-<id>.yaml`` next to the checkpoint; a failure there only warns, since
             synchlib ships the configs of the released ids.
         progress: show a tqdm progress bar while downloading.
-        retries: how often to retry after a network error (HTTP 5xx, reset connection, truncated transfer); a
-            file that arrives complete but fails its hash is not retried.
+        retries: how often to retry after a network error (HTTP 5xx, reset connection, truncated transfer, stall);
+            a file that arrives complete but fails its hash is not retried.
         backoff: seconds to wait before the first retry; doubles after each.
-        timeout: seconds to wait for the server to connect or send data.
+        timeout: seconds to wait for the server to connect, to answer, or to send the next bytes (default 30).
+        stall_timeout: give up on an attempt when less than 64 KiB arrived in this many seconds (default 60):
+            a server that trickles bytes is retried, then given up on.
+        deadline: seconds for the whole fetch, waiting for another process's download, all attempts and the
+            pauses between them included (default 3 hours).
+        allow_redirects: follow redirects to other hosts; by default (``None``) only when
+            ``$SYNCHLIB_ALLOW_REDIRECTS`` is ``1``. Redirects within the same scheme, host and port are always
+            followed.
 
-    A cached file is trusted when its ``.verified`` note matches its size and mtime; otherwise it is hashed again,
-    and deleted and downloaded again if it fails.
+    A line on stderr says when the server has sent nothing for a few seconds. A cached file is trusted when its
+    ``.verified`` note matches its size and mtime; otherwise it is hashed again, and deleted and downloaded again
+    if it fails. After the first verified download of a file, its full md5 and sha256 are recorded in
+    ``cache_dir()/known_digests.json`` (kept when the file is deleted); from then on a file that matches only the
+    short published prefix is refused. Concurrent fetches of one file (threads or processes) download it once: the
+    others wait for it, then use the verified file.
     """
+    limits = _Limits(
+        timeout=_positive_seconds("timeout", timeout),
+        stall_timeout=_positive_seconds("stall_timeout", stall_timeout),
+        deadline=_positive_seconds("deadline", deadline),
+        ends=time.monotonic() + deadline,
+        allow_redirects=_redirects_allowed(allow_redirects),
+    )
     entry = RELEASED.get(ckpt_id)
     if entry is None and known_hash is None:
         raise CheckpointError(
@@ -506,21 +874,30 @@ def fetch(
             f"cannot download {url}: {ENV_MIRROR} must be an http(s) base URL. To use a file on disk, pass its "
             "path instead of the id."
         )
-    folder = cache_dir() / ckpt_id
+    root = cache_dir()
+    folder = root / ckpt_id
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / filename
+    key = _known_key(ckpt_id, filename)
 
-    if dest.is_file() and not _cached_file_ok(dest, expected):
-        warnings.warn(f"cached {dest} does not match {expected}; downloading it again", stacklevel=2)
-        _remove_cached(dest)
-    if not dest.is_file():
-        _download(
-            url, dest, expected, ckpt_id=ckpt_id, progress=progress, retries=retries, backoff=backoff, timeout=timeout
-        )
+    ready = dest.is_file() and _vouched(dest, expected, root, key)
+    if not ready or _partial_files(dest):
+        with _download_lock(root, ckpt_id, filename, limits):
+            for p in _partial_files(dest):
+                p.unlink(missing_ok=True)
+            problem = None if ready or not dest.is_file() else _cached_problem(dest, expected, root, key)
+            if problem is not None:
+                warnings.warn(f"cached {dest} cannot be used ({problem}); downloading it again", stacklevel=2)
+                _remove_cached(dest)
+            if not dest.is_file():
+                _download(url, dest, expected, root=root, ckpt_id=ckpt_id, key=key, progress=progress,
+                          retries=retries, backoff=backoff, limits=limits)  # fmt: skip
 
     if with_config and entry is not None:
         try:
-            fetch(ckpt_id, entry.config_filename, progress=False, retries=retries, backoff=backoff, timeout=timeout)
+            fetch(ckpt_id, entry.config_filename, progress=False, retries=retries, backoff=backoff, timeout=timeout,
+                  stall_timeout=stall_timeout, deadline=max(limits.left(), _MIN_CONFIG_TIME),
+                  allow_redirects=allow_redirects)  # fmt: skip
         except CheckpointError as e:
             warnings.warn(f"checkpoint fetched, but its config was not: {e}", stacklevel=2)
     return dest
@@ -640,7 +1017,17 @@ def _short_repr(key: Any) -> str:
     return repr(key)[:60] if isinstance(key, (str, int, float)) else f"<{type(key).__name__}>"
 
 
-def _to_plain(obj: Any, where: str, advice: str, *, plain_only: bool = False) -> Any:
+_READ_ADVICE = (
+    "a checkpoint's metadata is a small tree of plain values, so this file is damaged or was made to exhaust "
+    "memory. If you trust its weights, save them alone: torch.save(torch.load(path, weights_only=True)['model'], "
+    "'weights.pt'), and pass that file"
+)
+_SAVE_ADVICE = "save a small tree of plain values (e.g. OmegaConf.to_container(cfg) for a config)"
+
+
+def _to_plain(
+    obj: Any, where: str = "the checkpoint metadata", advice: str = _READ_ADVICE, *, plain_only: bool = False
+) -> Any:
     """Turn the stand-in tree (and any containers) into plain dicts, lists, tuples and scalars; tensors stay tensors.
 
     Each container is converted once (memo by ``id``): an object that appears in several places comes back as one
@@ -899,13 +1286,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "save the model's state_dict() instead"
         )
     if "model" in obj and isinstance(obj["model"], Mapping):
-        advice = (
-            "a checkpoint's metadata is a small tree of plain values, so this file is damaged or was made to "
-            "exhaust memory. If you trust its weights, save them alone: "
-            "torch.save(torch.load(path, weights_only=True)['model'], 'weights.pt'), and pass that file"
-        )
         sd = obj["model"]
-        meta = _to_plain({k: v for k, v in obj.items() if k != "model"}, f"{path}: metadata", advice)
+        meta = _to_plain({k: v for k, v in obj.items() if k != "model"}, f"{path}: metadata")
     elif _is_state_dict(obj):
         sd, meta = obj, {}
     else:
@@ -920,6 +1302,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"{path}: state dict entry {_short_repr(bad[0])} is a {type(bad[1]).__name__}, not a tensor"
         )
     return _strip_module_prefix(sd, path), meta
+
+
+def _check_plain(obj: Any, where: str) -> Any:
+    """``obj`` as plain data for :func:`save_checkpoint` (what :func:`read_checkpoint` accepts: dicts with str or
+    int keys, lists, tuples, numbers, strings, bytes, tensors), or a CheckpointError naming ``where``. Linear in
+    the number of objects, like :func:`_to_plain`."""
+    return _to_plain(obj, where, _SAVE_ADVICE, plain_only=True)
 
 
 def save_checkpoint(
@@ -941,9 +1330,8 @@ def save_checkpoint(
         sd[key] = value.detach().cpu()
     if "model" in extra:
         raise CheckpointError("pass the weights as state_dict, not as model=")
-    advice = "save a small tree of plain values (e.g. OmegaConf.to_container(cfg) for a config)"
-    plain_args = _to_plain(args, "args", advice, plain_only=True)
-    plain_extra = {key: _to_plain(value, key, advice, plain_only=True) for key, value in extra.items()}
+    plain_args = _check_plain(args, "args")
+    plain_extra = {key: _check_plain(value, key) for key, value in extra.items()}
     payload: dict[str, Any] = {"model": sd, "args": plain_args, "epoch": 0, "model_type": "Synchformer", **plain_extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
