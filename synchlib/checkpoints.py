@@ -520,7 +520,7 @@ class _Watch:
                 self.told = True
                 _say(
                     f"waiting for {self.host}: nothing received for {quiet:.0f} s "
-                    f"(giving up after {self.patience:g} s without data)..."
+                    f"(giving up after {self.patience:.3g} s without data)..."
                 )
 
 
@@ -585,9 +585,13 @@ def _stream(response: Any, out: Any, hashers: list[Any], watch: _Watch, bar: Any
         try:
             chunk = response.raw.read1(_CHUNK, decode_content=False)  # whatever has arrived, up to _CHUNK
         except urllib3.exceptions.ReadTimeoutError:
+            quiet = f"nothing arrived from {host} for {wait:.3g} s"
             if limits.left() <= 0:
-                raise _OutOfTime(f"nothing arrived from {host} for {wait:g} s") from None
-            raise _Transient(f"the download stalled: nothing arrived from {host} for {wait:g} s") from None
+                raise _OutOfTime(quiet) from None
+            raise _Transient(
+                f"the download stalled: {quiet} (timeout={limits.timeout:g} s, "
+                f"stall_timeout={limits.stall_timeout:g} s)"
+            ) from None
         except urllib3.exceptions.HTTPError as e:  # connection reset, body shorter than announced, ...
             raise _Transient(f"the transfer was cut short ({e})") from None
         if not chunk:
@@ -629,7 +633,7 @@ def _transfer(url: str, dest: Path, limits: _Limits, *, progress: bool, name: st
         try:
             response = _open(session, url, limits)
         except requests.Timeout:
-            detail = f"no answer from {_host(url)} within {wait:g} s"
+            detail = f"no answer from {_host(url)} within {wait:.3g} s"
             raise (_OutOfTime(detail) if limits.left() <= 0 else _Transient(detail)) from None
         size = response.headers.get("Content-Length")
         with response, open(dest, "wb") as out, tqdm(
@@ -837,7 +841,8 @@ def fetch(
         backoff: seconds to wait before the first retry; doubles after each.
         timeout: seconds to wait for the server to connect, to answer, or to send the next bytes (default 30).
         stall_timeout: give up on an attempt when less than 64 KiB arrived in this many seconds (default 60):
-            a server that trickles bytes is retried, then given up on.
+            a server that trickles bytes is retried, then given up on. Also caps the wait for any bytes at all
+            when shorter than ``timeout``.
         deadline: seconds for the whole fetch, waiting for another process's download, all attempts and the
             pauses between them included (default 3 hours).
         allow_redirects: follow redirects to other hosts; by default (``None``) only when

@@ -336,6 +336,39 @@ def test_live_download_is_waited_for_and_its_file_kept(env: Path, server: Server
     assert fetch_quick().read_bytes() == fake and not live.exists()  # lock free: the leftover is stale now
 
 
+def test_two_threads_download_once(env: Path, server: Server, fake: bytes, capsys) -> None:
+    route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("gated", fake))
+    results: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = fetch_quick(timeout=WAIT_S, stall_timeout=WAIT_S)
+        except Exception as e:  # reported by the assertions below
+            results[name] = e
+
+    said = ""
+
+    def until(condition: Callable[[], bool]) -> None:
+        nonlocal said
+        ends = time.monotonic() + WAIT_S
+        while not condition():
+            assert time.monotonic() < ends, "timed out waiting for the threads"
+            time.sleep(0.05)
+            said += capsys.readouterr().err
+
+    first = threading.Thread(target=run, args=("first",), daemon=True)
+    first.start()
+    until(lambda: server.hits[route] == 1 or not first.is_alive())
+    second = threading.Thread(target=run, args=("second",), daemon=True)
+    second.start()
+    until(lambda: "waiting for another download" in said or server.hits[route] > 1 or not second.is_alive())
+    server.gate.set()
+    first.join(WAIT_S)
+    second.join(WAIT_S)
+    assert results["first"] == results["second"] == env / TEST_ID / f"{TEST_ID}.pt"
+    assert server.hits[route] == 1
+
+
 FETCHER = """
 import sys
 from synchlib import checkpoints as ck
