@@ -49,9 +49,9 @@ def real(name: str, value: Any, *, low: float = -math.inf, high: float = math.in
         parts = [f"> {above:g}"] if above is not None else []
         parts += [f">= {low:g}"] if math.isfinite(low) else []
         limits = " and ".join(parts + ([f"<= {high:g}"] if math.isfinite(high) else []))
-    raise InvalidArgumentError(
-        f"{name} must be a finite number{' ' + limits if limits else ''}, got {_shown(value)}{'; ' + why if why else ''}"
-    )
+    limits = f" {limits}" if limits else ""
+    why = f"; {why}" if why else ""
+    raise InvalidArgumentError(f"{name} must be a finite number{limits}, got {_shown(value)}{why}")
 
 
 def integer(name: str, value: Any, *, low: int, high: int | None = None, why: str = "") -> int:
@@ -60,9 +60,8 @@ def integer(name: str, value: Any, *, low: int, high: int | None = None, why: st
         if low <= int(value) and (high is None or int(value) <= high):
             return int(value)
     limits = f"from {low} to {high}" if high is not None else f">= {low}"
-    raise InvalidArgumentError(
-        f"{name} must be a whole number {limits}, got {_short(repr(value))}{'; ' + why if why else ''}"
-    )
+    why = f"; {why}" if why else ""
+    raise InvalidArgumentError(f"{name} must be a whole number {limits}, got {_short(repr(value))}{why}")
 
 
 def one_of(name: str, value: Any, options: Sequence[str]) -> str:

@@ -193,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="predict the audio-visual offset of a video")
-    p.add_argument("video", help="video file (any container/codec FFmpeg reads) or a sample name (synthetic-demo, ...)")
-    p.add_argument("--offset-sec", type=float, default=0.0, help="shift the audio by this much on purpose (+: audio early; -5 to 5 s)")
-    p.add_argument("--start-sec", type=float, default=0.0, help="where the window starts (0 to 5 s)")
+    p.add_argument("video",
+                   help="video file (any container/codec FFmpeg reads) or a sample name (synthetic-demo, ...)")
+    p.add_argument("--offset-sec", type=float, default=0.0, help="shift the audio by this much on purpose (+: audio early)")
+    p.add_argument("--start-sec", type=float, default=0.0, help="where the window starts (>= 0)")
     p.add_argument("-k", type=int, default=5, help="how many top offsets to list (>= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--pad", action="store_true",
@@ -206,15 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="predict many (start, offset) windows of one video")
     p.add_argument("video", help="video file or sample name")
-    p.add_argument("--offsets", type=float, nargs="*", help="offsets in seconds, -5 to 5 (default: the model's grid)")
-    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds, 0 to 5; at most 10000 windows (offsets x starts)")
+    p.add_argument("--offsets", type=float, nargs="*", help="offsets in seconds (default: the model's grid)")
+    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds (>= 0)")
     p.add_argument("--csv", type=Path, help="also write the table here")
     _model_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("timeline", help="offset over time on a long video (sliding windows, streaming decode)")
     p.add_argument("video", help="video file or sample name")
-    p.add_argument("--hop-sec", type=float, default=None, help="window hop, at least one frame (0.04 s); default 1.28 s: segments are shared")
+    p.add_argument("--hop-sec", type=float, default=None,
+                   help="window hop, at least one video frame (default 1.28 s: segments are shared)")
     p.add_argument("--start-sec", type=float, default=0.0, help="first window start (>= 0)")
     p.add_argument("--end-sec", type=float, default=None, help="windows end by then (default: the end of the video)")
     p.add_argument("--csv", type=Path, help="also write the table here")

@@ -329,7 +329,7 @@ def source_digest(path: Path) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    """sha256 of a whole file (a normalised copy: about 1 MB per 10 s, hashed in a few ms)."""
+    """sha256 of a whole file. For a normalised copy (1-3 MB per 10 s) that is a few ms, under 1 % of decoding it."""
     with path.open("rb") as f:
         return _sha256(f, path.stat().st_size).hexdigest()
 
@@ -376,11 +376,15 @@ def _verified_report(copy: Path, digest: str) -> dict[str, Any] | None:
         report.get("version") != REENCODE_VERSION
         or report.get("source_digest") != digest
         or not (isinstance(notes, list) and all(isinstance(n, str) for n in notes))
-        or not isinstance(report.get("audio_delay_sec"), (int, float))
+        or not _finite_number(report.get("audio_delay_sec"))
         or report.get("copy_bytes") != size
     ):
         return None
     return report if report.get("copy_sha256") == _file_sha256(copy) else None
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _discard(copy: Path) -> None:

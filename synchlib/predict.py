@@ -46,10 +46,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise InvalidArgumentError(
-                f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+                f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
             )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError(f"MPS is not available; use --device cpu (or auto), device='cpu' in Python")
+        raise InvalidArgumentError("MPS is not available; use --device cpu (or auto), device='cpu' in Python")
     return dev
 
 

@@ -425,6 +425,8 @@ def load_clip(
     flag("pad", pad)
     one_of("audio_priming", audio_priming, AUDIO_PRIMING_OPTIONS)
     if not isinstance(path, (str, Path, Decoded)):
-        raise InvalidArgumentError(f"the video must be a path (str or Path) or a Decoded, got {type(path).__name__}")
+        raise InvalidArgumentError(
+            f"the video must be a path (str or Path) or a Decoded, got {type(path).__name__}"
+        )
     decoded = path if isinstance(path, Decoded) else read_video(path, cfg, audio_priming=audio_priming)
     return clip_from_decoded(decoded, cfg, offset_sec, start_sec, pad=pad)

@@ -92,7 +92,9 @@ class Predictor:
     def set_video(self, video: str | Path | Decoded) -> "Predictor":
         """Decode ``video`` once (normalising it if needed) and forget cached features of the previous one."""
         if not isinstance(video, (str, Path, Decoded)):
-            raise InvalidArgumentError(f"the video must be a path (str or Path) or a Decoded, got {type(video).__name__}")
+            raise InvalidArgumentError(
+                f"the video must be a path (str or Path) or a Decoded, got {type(video).__name__}"
+            )
         self.decoded = video if isinstance(video, Decoded) else read_video(video, self.cfg, audio_priming=self.audio_priming)
         self.name = str(video) if not isinstance(video, Decoded) else str(video.source.path)
         self._vfeats.clear()
