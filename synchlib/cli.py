@@ -21,6 +21,37 @@ EXIT_USAGE = 2
 DEFAULT_CHECKPOINT = "24-01-04T16-39-21"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit 2), like synchlib's own errors."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"synchlib: error: {message} (see {self.prog} --help)\n")
+
+
+def _known_data(checkpoint: str):
+    """The :class:`~synchlib.config.DataConfig` of a shipped checkpoint name (released id, tiny-synthetic), read
+    without loading the model; None for a checkpoint file, whose config is inside it (limits that depend on the
+    config are then checked once the model is loaded)."""
+    from .config import load_config, released_config_path
+
+    return load_config(checkpoint).data if released_config_path(checkpoint) is not None else None
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    """Device and precision, before a model is loaded (or downloaded)."""
+    from .predict import check_precision, resolve_device
+
+    resolve_device(args.device)
+    check_precision(args.precision)
+
+
+def _video(args: argparse.Namespace) -> Path:
+    """The video argument: a sample name (``synthetic-demo``, ...) or a path."""
+    from .samples import resolve_video
+
+    return resolve_video(args.video)
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "-c", default=DEFAULT_CHECKPOINT,
                    help=f"released id, 'tiny-synthetic', or a .pt path (default {DEFAULT_CHECKPOINT})")
@@ -33,12 +64,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import load_model, predict
     from .io import probe
+    from .predict import check_k
+    from .preprocess import check_window
 
-    probe(args.video)  # fail fast on unusable input, before loading (or downloading) a model
+    # fail fast on bad arguments and unusable input, before loading (or downloading) a model
+    _check_model_args(args)
+    check_window(args.offset_sec, args.start_sec, _known_data(args.checkpoint))
+    check_k(args.k)
+    video = _video(args)
+    probe(video)
     model = load_model(args.checkpoint, device=args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every warning is also in pred.warnings, printed with the result
-        pred = predict(model, args.video, offset_sec=args.offset_sec, start_sec=args.start_sec, k=args.k,
+        pred = predict(model, video, offset_sec=args.offset_sec, start_sec=args.start_sec, k=args.k,
                        audio_priming=args.audio_priming, precision=args.precision, pad=args.pad)
     print(json.dumps(pred.to_dict()) if args.json else pred)
     return 0
@@ -47,12 +85,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from . import load_model
     from .io import probe
-    from .sweep import summarize, sweep
+    from .sweep import check_sweep, summarize, sweep
 
-    probe(args.video)
-    model = load_model(args.checkpoint, device=args.device)
+    _check_model_args(args)
     offsets = args.offsets if args.offsets else None
-    table = sweep(model, args.video, offsets=offsets, starts=args.starts, precision=args.precision,
+    check_sweep(offsets, args.starts, _known_data(args.checkpoint))
+    video = _video(args)
+    probe(video)
+    model = load_model(args.checkpoint, device=args.device)
+    table = sweep(model, video, offsets=offsets, starts=args.starts, precision=args.precision,
                   audio_priming=args.audio_priming)
     if args.csv:
         table.to_csv(args.csv, index=False)
@@ -131,11 +172,14 @@ def _cmd_desync(args: argparse.Namespace) -> int:
 def _cmd_timeline(args: argparse.Namespace) -> int:
     from . import load_model
     from .io import probe
-    from .timeline import offset_over_time, summarize_timeline
+    from .timeline import check_timeline, offset_over_time, summarize_timeline
 
-    probe(args.video)
+    _check_model_args(args)
+    check_timeline(args.hop_sec, args.start_sec, args.end_sec, _known_data(args.checkpoint))
+    video = _video(args)
+    probe(video)
     model = load_model(args.checkpoint, device=args.device)
-    table = offset_over_time(model, args.video, hop_sec=args.hop_sec, start_sec=args.start_sec,
+    table = offset_over_time(model, video, hop_sec=args.hop_sec, start_sec=args.start_sec,
                              end_sec=args.end_sec, precision=args.precision, audio_priming=args.audio_priming)
     if args.csv:
         table.to_csv(args.csv, index=False)
@@ -145,14 +189,15 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
+    parser = _Parser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="predict the audio-visual offset of a video")
-    p.add_argument("video", help="video file (any container/codec FFmpeg reads)")
+    p.add_argument("video",
+                   help="video file (any container/codec FFmpeg reads) or a sample name (synthetic-demo, ...)")
     p.add_argument("--offset-sec", type=float, default=0.0, help="shift the audio by this much on purpose (+: audio early)")
-    p.add_argument("--start-sec", type=float, default=0.0, help="where the 4.8 s window starts")
-    p.add_argument("-k", type=int, default=5, help="how many top offsets to list")
+    p.add_argument("--start-sec", type=float, default=0.0, help="where the window starts (>= 0)")
+    p.add_argument("-k", type=int, default=5, help="how many top offsets to list (>= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--pad", action="store_true",
                    help="pad a clip shorter than the window (last frame repeated, silence) instead of failing; "
@@ -161,18 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("sweep", help="predict many (start, offset) windows of one video")
-    p.add_argument("video")
+    p.add_argument("video", help="video file or sample name")
     p.add_argument("--offsets", type=float, nargs="*", help="offsets in seconds (default: the model's grid)")
-    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds")
+    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds (>= 0)")
     p.add_argument("--csv", type=Path, help="also write the table here")
     _model_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("timeline", help="offset over time on a long video (sliding windows, streaming decode)")
-    p.add_argument("video")
-    p.add_argument("--hop-sec", type=float, default=None, help="window hop (default 1.28 s: segments are shared)")
-    p.add_argument("--start-sec", type=float, default=0.0)
-    p.add_argument("--end-sec", type=float, default=None)
+    p.add_argument("video", help="video file or sample name")
+    p.add_argument("--hop-sec", type=float, default=None,
+                   help="window hop, at least one video frame (default 1.28 s: segments are shared)")
+    p.add_argument("--start-sec", type=float, default=0.0, help="first window start (>= 0)")
+    p.add_argument("--end-sec", type=float, default=None, help="windows end by then (default: the end of the video)")
     p.add_argument("--csv", type=Path, help="also write the table here")
     _model_args(p)
     p.set_defaults(func=_cmd_timeline)
@@ -206,7 +252,10 @@ def _missing(e: ImportError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line): an exit code, as from every command
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except SynchlibError as e:

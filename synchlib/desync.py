@@ -33,10 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DataConfig
-from .errors import ClipTooShortError, SynchlibError
+from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
 from .io import iter_audio, iter_video, read_audio
 from .model import Synchformer
-from .predict import logits_to_prediction
+from .predict import check_batch_size, check_precision, logits_to_prediction, resolve_device
 from .timeline import (
     DEFAULT_BATCH_SIZE, WindowPlan, audio_segment_features, check_offset_model, video_segment_features,
     windows_logits,
@@ -151,9 +151,12 @@ def clip_desync(
     found while decoding).
 
     ``audio`` None: the video's own track. Segments shared by the two windows (clips under 9.6 s) are computed
-    once. Raises :class:`SynchlibError` subclasses on unusable input (see :func:`desync` for recording them).
+    once. Raises :class:`SynchlibError` subclasses on unusable input (see :func:`desync` for recording them), and
+    :class:`InvalidArgumentError` for a precision or batch size out of range (1 to
+    :data:`synchlib.predict.MAX_BATCH_SIZE`).
     """
     check_offset_model(model)
+    precision, batch_size = check_precision(precision), check_batch_size(batch_size)
     data = model.cfg.data
     notes: list[str] = []
     frames, n_frames, track = clip_streams(video, audio, data, notes)
@@ -248,8 +251,10 @@ def desync(
     (video, audio or None) pairs): (one row per pair, :data:`DESYNC_COLUMNS`; :func:`summarize_desync`).
 
     A pair that cannot be scored (unreadable, no sound, shorter than 4.8 s) is a row with NaN scores and its
-    ``error``, not an exception. ``csv_path``: also write the table there.
+    ``error``, not an exception. ``csv_path``: also write the table there. A precision or batch size out of range
+    is an :class:`InvalidArgumentError` before any clip is read.
     """
+    precision, batch_size = check_precision(precision), check_batch_size(batch_size)
     if isinstance(source, (str, Path)):
         items = desync_items(source)
     else:
@@ -258,6 +263,8 @@ def desync(
     for video, audio in tqdm(items, desc="DeSync", unit="clip", disable=not progress):
         try:
             rows.append(clip_desync(model, video, audio, precision=precision, batch_size=batch_size))
+        except InvalidArgumentError:  # the arguments, not this clip, are wrong
+            raise
         except Exception as e:  # recorded, not fatal: one bad file must not end a benchmark run
             rows.append(_failure_row(video, audio, e))
     df = pd.DataFrame(rows, columns=DESYNC_COLUMNS)
@@ -291,7 +298,11 @@ def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) ->
     when at least one pair was scored, 1 when none was."""
     from .checkpoints import load_model
 
-    items = desync_items(args.source)  # fail fast on a bad source, before loading (or downloading) a model
+    # fail fast on bad arguments and a bad source, before loading (or downloading) a model
+    resolve_device(args.device)
+    check_precision(args.precision)
+    check_batch_size(args.batch_size)
+    items = desync_items(args.source)
     model = load_model(args.checkpoint, device=args.device)
     _, summary = desync(model, items, csv_path=args.csv, precision=args.precision, batch_size=args.batch_size,
                         progress=getattr(args, "progress", True))

@@ -49,7 +49,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, BinaryIO, Callable, Iterator, Literal
 
 import av
 import numpy as np
@@ -61,6 +61,10 @@ from .errors import MissingStreamError, VideoDecodeError, VideoNotFoundError
 AudioPriming = Literal["drop", "keep"]
 AUDIO_PRIMING_OPTIONS = ("drop", "keep")
 REENCODE_VERSION = 2  # bump when the re-encoding recipe changes, so cached files are rebuilt
+WHOLE_DIGEST_BYTES = 32 << 20  # sources up to this size are hashed whole to check their cached copy (~30 ms) ...
+DIGEST_SAMPLE_BYTES = 1 << 20  # ... larger ones by their size and three pieces of this size (start, middle, end)
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
+MAX_REPORT_BYTES = 1 << 20  # a cached copy's report is a few hundred bytes; a larger file is not read
 X264_OPTIONS = {"crf": "18", "preset": "fast", "threads": "1"}
 AAC_BITRATE = 128_000
 AAC_FRAME = 1024  # samples per frame handed to the AAC encoder
@@ -294,23 +298,145 @@ def cache_dir() -> Path:
     return _cache_dir()
 
 
-def _cache_key(path: Path, data: DataConfig) -> str:
+def _sha256(f: BinaryIO, nbytes: int, h: Any = None) -> Any:
+    """``h`` (a new sha256 when None) updated with at most ``nbytes`` bytes read from ``f``."""
+    h = hashlib.sha256() if h is None else h
+    while nbytes > 0:
+        chunk = f.read(min(HASH_CHUNK, nbytes))
+        if not chunk:
+            break
+        h.update(chunk)
+        nbytes -= len(chunk)
+    return h
+
+
+def source_digest(path: Path) -> str:
+    """A digest of the content of ``path``, with work bounded by :data:`WHOLE_DIGEST_BYTES`.
+
+    A file of up to :data:`WHOLE_DIGEST_BYTES` is hashed whole (``"sha256:<hex>"``): any edit changes it. A larger
+    one is sampled (``"sampled-sha256:<hex>"`` of its size and its first, middle and last
+    :data:`DIGEST_SAMPLE_BYTES`): an edit that keeps the size and lies outside those three pieces goes unseen.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= WHOLE_DIGEST_BYTES:
+            return f"sha256:{_sha256(f, size).hexdigest()}"
+        h = hashlib.sha256(str(size).encode())
+        for at in (0, (size - DIGEST_SAMPLE_BYTES) // 2, size - DIGEST_SAMPLE_BYTES):
+            f.seek(at)
+            _sha256(f, DIGEST_SAMPLE_BYTES, h)
+    return f"sampled-sha256:{h.hexdigest()}"
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a whole file. For a normalised copy (1-3 MB per 10 s) that is a few ms, under 1 % of decoding it."""
+    with path.open("rb") as f:
+        return _sha256(f, path.stat().st_size).hexdigest()
+
+
+def _cache_key(path: Path, data: DataConfig, digest: str | None = None) -> str:
+    """Name of the normalised copy of ``path`` in the cache: from its resolved path, size, modification time and
+    content digest (:func:`source_digest`, computed when None), so that an edit in place gets a new entry even
+    when it keeps the size and the time, and from the target rates and :data:`REENCODE_VERSION`."""
     st = path.stat()
-    spec = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{data.vfps}|{data.size_before_crop}|{data.afps}|{REENCODE_VERSION}"
+    digest = source_digest(path) if digest is None else digest
+    spec = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{digest}|{data.vfps}|{data.size_before_crop}|"
+            f"{data.afps}|{REENCODE_VERSION}")
     return hashlib.sha256(spec.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def report_path(normalised: Path) -> Path:
-    """The JSON written next to a normalised copy: what re-encoding found (notes, audio delay, damage)."""
+    """The JSON written next to a normalised copy: what re-encoding found (notes, audio delay, damage), the
+    digest of the source it was made from and the sha256 of the copy."""
     return normalised.with_suffix(".json")
 
 
 def read_report(normalised: Path) -> dict[str, Any]:
-    """The report of a normalised copy, or ``{}`` for a file that was not re-encoded."""
+    """The report of a normalised copy, or ``{}`` when there is none or it is not a readable JSON object."""
     try:
-        return json.loads(report_path(normalised).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if report_path(normalised).stat().st_size > MAX_REPORT_BYTES:
+            return {}
+        report = json.loads(report_path(normalised).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _verified_report(copy: Path, digest: str) -> dict[str, Any] | None:
+    """The report of the cached ``copy`` when the copy is still the file that was written (size and sha256 as
+    recorded), was made from the source with ``digest`` by this version, and the report is well formed; else
+    None."""
+    report = read_report(copy)
+    try:
+        size = copy.stat().st_size
+    except OSError:
+        return None
+    notes = report.get("notes")
+    if (
+        report.get("version") != REENCODE_VERSION
+        or report.get("source_digest") != digest
+        or not (isinstance(notes, list) and all(isinstance(n, str) for n in notes))
+        or not _finite_number(report.get("audio_delay_sec"))
+        or report.get("copy_bytes") != size
+    ):
+        return None
+    return report if report.get("copy_sha256") == _file_sha256(copy) else None
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _discard(copy: Path) -> None:
+    """Remove a cached copy and its report (whatever is there of them)."""
+    for p in (copy, report_path(copy)):
+        with suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _temp_beside(path: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=".partial-")
+    os.close(fd)
+    return Path(tmp)
+
+
+def _build(src: Path, out: Path, info: MediaInfo, data: DataConfig, digest: str) -> dict[str, Any]:
+    """Re-encode ``src`` to ``out`` and write its report; both are written to temporary files next to them and
+    moved into place (a reader never sees half a file). Returns the report."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, tmp_report = _temp_beside(out, ".mp4"), _temp_beside(out, ".json")
+    try:
+        try:
+            report = _reencode(src, tmp, info, data)
+        except av.error.FFmpegError as e:  # encoder side: decoding errors are handled inside
+            raise VideoDecodeError(f"{src}: re-encoding to the model's format failed ({e}); convert the file "
+                                   "to H.264/AAC MP4 with another tool and try that") from None
+        report.update(source_digest=digest, copy_bytes=tmp.stat().st_size, copy_sha256=_file_sha256(tmp))
+        tmp_report.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        os.replace(tmp, out)
+        os.replace(tmp_report, report_path(out))
+    finally:
+        for p in (tmp, tmp_report):
+            with suppress(FileNotFoundError):
+                p.unlink()
+    return report
+
+
+def _cached_copy(
+    path: Path, data: DataConfig, info: MediaInfo, *, rebuild: bool = False
+) -> tuple[Path, dict[str, Any], bool]:
+    """(the normalised copy of ``path`` in the cache, its report, whether it was built now).
+
+    A copy is used only when :func:`_verified_report` vouches for it; one that does not (swapped, truncated,
+    edited, no or a broken report, made from an older version of the source) is deleted and built again, as is
+    any copy when ``rebuild``."""
+    digest = source_digest(path)
+    out = cache_dir() / "normalised" / f"{_cache_key(path, data, digest)}.mp4"
+    report = None if rebuild else _verified_report(out, digest)
+    if report is not None:
+        return out, report, False
+    _discard(out)
+    return out, _build(path, out, info, data, digest), True
 
 
 def normalise(
@@ -318,29 +444,15 @@ def normalise(
 ) -> Path:
     """Return a path to a copy of ``path`` at ``data.vfps`` fps, short side ``data.size_before_crop`` and
     ``data.afps`` Hz (H.264 + mono AAC in MP4), re-encoding it into the cache on first use (see the module
-    docstring for what that does). Already-normalised inputs are returned as they are unless ``force``."""
+    docstring for what that does). Already-normalised inputs are returned as they are unless ``force``.
+
+    A cached copy is checked on every use against the digest of its source and its own sha256 (both in its
+    report) and rebuilt when it does not match (see :func:`_cached_copy`)."""
     path = Path(path)
     info = info or probe(path)
     if not force and is_normalised(info, data):
         return path
-    out = cache_dir() / "normalised" / f"{_cache_key(path, data)}.mp4"
-    if out.exists() and report_path(out).exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=out.parent, prefix=".partial-")
-    os.close(fd)
-    try:
-        try:
-            report = _reencode(path, Path(tmp), info, data)
-        except av.error.FFmpegError as e:  # encoder side: decoding errors are handled inside
-            raise VideoDecodeError(f"{path}: re-encoding to the model's format failed ({e}); convert the file "
-                                   "to H.264/AAC MP4 with another tool and try that") from None
-        report_path(out).write_text(json.dumps(report, indent=1), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return _cached_copy(path, data, info)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -831,6 +943,28 @@ def _decode_as_is(path: Path, audio_priming: AudioPriming) -> Decoded | None:
     return None if decoded.meta["timing_problems"] else decoded
 
 
+def _decode_cached(
+    path: Path, data: DataConfig, source: MediaInfo, audio_priming: AudioPriming
+) -> tuple[Path, dict[str, Any], Decoded]:
+    """(copy, its report, :func:`decode` of it) for the normalised copy of ``path`` in the cache. A cached copy
+    that does not decode is deleted and built once more; a copy built now that does not decode is a
+    :class:`VideoDecodeError`."""
+    target, report, built = _cached_copy(path, data, source)
+    if not built:
+        try:
+            return target, report, decode(target, audio_priming=audio_priming)
+        except VideoDecodeError:
+            target, report, _ = _cached_copy(path, data, source, rebuild=True)
+    try:
+        return target, report, decode(target, audio_priming=audio_priming)
+    except VideoDecodeError as e:
+        _discard(target)
+        raise VideoDecodeError(
+            f"{path}: the copy re-encoded to the model's format does not decode ({e}); convert the file to "
+            "H.264/AAC MP4 with another tool and try that"
+        ) from None
+
+
 def read_video(
     path: str | Path, cfg: Config | DataConfig, *, audio_priming: AudioPriming = "drop"
 ) -> Decoded:
@@ -842,18 +976,14 @@ def read_video(
     data = cfg.data if isinstance(cfg, Config) else cfg
     path = Path(path).expanduser()
     source = probe(path)
-    target = normalise(path, data, info=source)
-    decoded = _decode_as_is(path, audio_priming) if target == path else None
-    if decoded is None:
-        if target == path:  # looked normalised but does not decode cleanly
-            target = normalise(path, data, info=source, force=True)
-        decoded = decode(target, audio_priming=audio_priming)
-    if target == path:
+    target = path
+    decoded = _decode_as_is(path, audio_priming) if is_normalised(source, data) else None
+    if decoded is not None:
         extent = max(len(decoded.frames) / decoded.fps, len(decoded.audio) / decoded.sample_rate)
         report = {"notes": _ending_notes(source.duration_sec, extent),
                   "audio_delay_sec": source.audio_start_sec - source.video_start_sec}
-    else:
-        report = read_report(target)
+    else:  # not normalised, or looked normalised but does not decode cleanly: the cached copy
+        target, report, decoded = _decode_cached(path, data, source, audio_priming)
     decoded.source = source
     decoded.meta.update(notes=list(report.get("notes", [])), audio_delay_sec=report.get("audio_delay_sec", 0.0),
                         normalised=target != path)

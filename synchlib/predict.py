@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UnreliableInputWarning
+from .checks import integer, one_of
+from .errors import InvalidArgumentError, UnreliableInputWarning
 from .io import AudioPriming, Decoded
 from .model import Synchformer
 from .preprocess import Clip, load_clip
@@ -19,23 +20,59 @@ from .preprocess import Clip, load_clip
 SILENT_RMS = 1e-4  # audio crops quieter than this (full scale 1.0) carry no usable sound
 STILL_PIXEL_DELTA = 0.5  # mean absolute frame-to-frame change (0..255) below which the picture is still
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what resolve_device accepts besides "auto"
+MAX_BATCH_SIZE = 256  # segments (or windows) per model call: 256 of the released model's segments are 2.5 GB of input
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if str(device) == "auto":
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (or a
+    ``torch.device``) as they are, when present on this machine; anything else is an :class:`InvalidArgumentError`."""
+    if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+    accepted = f"device must be 'auto', {', '.join(map(repr, DEVICE_TYPES))} or 'cuda:N'"
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidArgumentError(f"{accepted}, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidArgumentError(f"{accepted}, got {device!r}") from None
+    if dev.type not in DEVICE_TYPES:
+        raise InvalidArgumentError(f"{accepted}, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(
+                f"CUDA is not available; use --device cpu (or auto), device='cpu' in Python (asked for {str(device)!r})"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InvalidArgumentError(
+                f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError("MPS is not available; use --device cpu (or auto), device='cpu' in Python")
     return dev
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` when it is one of :data:`PRECISIONS`."""
+    return one_of("precision", precision, PRECISIONS)
+
+
+def check_k(k: int) -> int:
+    """How many top offsets to list: a whole number >= 1 (more than the model's classes lists them all)."""
+    return integer("k", k, low=1)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """Segments (or windows) per model call: 1 to :data:`MAX_BATCH_SIZE`."""
+    return integer("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE,
+                   why="larger batches take gigabytes of memory for little gain in speed")
 
 
 def autocast(device: torch.device, precision: str):
     """Context for ``precision`` ("fp32": none; "bf16"/"fp16": torch.autocast on ``device``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
@@ -211,7 +248,12 @@ def predict(
 
     ``Prediction.warnings`` lists every reason the answer may be unreliable: damage found in the file, padding,
     an offset outside the grid (all from ``Clip.warnings``), silent audio or a still picture in the window.
+
+    Arguments out of range (see :func:`synchlib.preprocess.check_window`, :func:`check_k`, :data:`PRECISIONS`)
+    raise :class:`InvalidArgumentError` before anything is decoded; ``offset_sec`` and ``start_sec`` are not used
+    with a prepared :class:`Clip`.
     """
+    k, precision = check_k(k), check_precision(precision)
     clip = video if isinstance(video, Clip) else load_clip(
         video, offset_sec, start_sec, model.cfg, audio_priming=audio_priming, pad=pad
     )

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import flag, one_of, real
 from .config import Config, DataConfig, load_config
-from .errors import ClipTooShortError, OffsetOutsideGridWarning, UnreliableInputWarning
-from .io import AudioPriming, Decoded, read_video
+from .errors import ClipTooShortError, InvalidArgumentError, OffsetOutsideGridWarning, UnreliableInputWarning
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, read_video
 
 MEL_EPS = 1e-6  # added before the log
 SPEC_PAD_VALUE = 0.0  # PadOrTruncate pads the log-mel with this (before the AST normalisation)
@@ -82,6 +83,25 @@ class Window:
     a_len: int  # crop length in samples
     offset_sec: float  # the applied offset, rounded as the reference does
     start_sec: float
+
+
+def max_shift_sec(data: DataConfig) -> float:
+    """The largest ``start_sec`` and ``|offset_sec|`` a window can have: a clip is cut to ``clip_max_len_sec``
+    (10 s) and the window is ``crop_len_sec`` (5 s) long, so 5 s with the released layout."""
+    return data.clip_max_len_sec - data.crop_len_sec
+
+
+def check_window(offset_sec: float, start_sec: float, data: DataConfig | None) -> tuple[float, float]:
+    """``(offset_sec, start_sec)`` as floats when both are finite and within :func:`max_shift_sec` (``start_sec``
+    >= 0), else :class:`InvalidArgumentError`. ``data`` None (the model's config not known yet) checks only that
+    both are finite and the start is not negative. Whether the window fits the clip at hand is checked later
+    (:class:`ClipTooShortError`)."""
+    limit = math.inf if data is None else max_shift_sec(data)
+    room = "" if data is None else (f"leaves no room for the {data.crop_len_sec:g} s window in the "
+                                    f"{data.clip_max_len_sec:g} s of a clip the model reads")
+    offset = real("offset_sec", offset_sec, low=-limit, high=limit, why=room and f"a larger shift {room}")
+    start = real("start_sec", start_sec, low=0.0, high=limit, why=room and f"a later start {room}")
+    return offset, start
 
 
 def min_duration_sec(offset_sec: float, start_sec: float, data: DataConfig) -> float:
@@ -353,8 +373,9 @@ def clip_from_decoded(
     as :class:`UnreliableInputWarning`), padding, and an offset outside the grid (:class:`OffsetOutsideGridWarning`).
     """
     data = cfg.data
+    offset_sec, start_sec = check_window(offset_sec, start_sec, data)
     notes = list(decoded.meta.get("notes", []))
-    if pad:
+    if flag("pad", pad):
         decoded, note = pad_for_window(decoded, offset_sec, start_sec, data)
         notes += [note] if note else []
     for note in notes:
@@ -396,8 +417,16 @@ def load_clip(
     by ``offset_sec`` seconds (positive: audio early). ``cfg`` defaults to the released AudioSet model's.
 
     A clip too short for the window raises :class:`ClipTooShortError`; with ``pad=True`` its end is padded
-    instead (last frame repeated, silence) and ``Clip.warnings`` says so.
+    instead (last frame repeated, silence) and ``Clip.warnings`` says so. Arguments out of range
+    (:func:`check_window`) raise :class:`InvalidArgumentError` before anything is decoded.
     """
     cfg = load_config(cfg if cfg is not None else "24-01-04T16-39-21")
+    check_window(offset_sec, start_sec, cfg.data)
+    flag("pad", pad)
+    one_of("audio_priming", audio_priming, AUDIO_PRIMING_OPTIONS)
+    if not isinstance(path, (str, Path, Decoded)):
+        raise InvalidArgumentError(
+            f"the video must be a path (str or Path) or a Decoded, got {type(path).__name__}"
+        )
     decoded = path if isinstance(path, Decoded) else read_video(path, cfg, audio_priming=audio_priming)
     return clip_from_decoded(decoded, cfg, offset_sec, start_sec, pad=pad)

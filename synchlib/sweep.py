@@ -8,9 +8,11 @@ equal those of :func:`synchlib.predict` for the same window (fp32, within roundi
 
 from __future__ import annotations
 
+import math
 import warnings
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -19,16 +21,56 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     import pandas as pd
 
-from .errors import ClipTooShortError
-from .io import AudioPriming, Decoded, read_video
+from .checks import one_of, real
+from .config import DataConfig
+from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, read_video
 from .model import Synchformer
-from .predict import autocast, logits_to_prediction
-from .preprocess import Clip, audio_window, equalify, offset_class, temporal_crop, video_window
+from .predict import autocast, check_batch_size, check_precision, logits_to_prediction
+from .preprocess import (
+    Clip, audio_window, check_window, equalify, max_shift_sec, offset_class, temporal_crop, video_window,
+)  # fmt: skip
 
 SWEEP_COLUMNS = [
     "video", "start_sec", "offset_sec", "target_class", "predicted_offset_sec", "predicted_class", "p",
     "correct", "within_one",
 ]  # fmt: skip
+MAX_SWEEP_WINDOWS = 10_000  # (start, offset) windows of one sweep: 21 grid offsets x 476 starts
+
+
+def _numbers(name: str, values: Any, data: DataConfig | None, *, low_is_zero: bool) -> list[float]:
+    """At most :data:`MAX_SWEEP_WINDOWS` + 1 items of ``values`` as floats, each checked like ``predict``'s
+    offset (``low_is_zero`` False) or start (True), see :func:`synchlib.preprocess.check_window`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise InvalidArgumentError(f"{name} must be a list of numbers (seconds), got a {type(values).__name__}")
+    items = [v.item() if hasattr(v, "item") else v for v in islice(iter(values), MAX_SWEEP_WINDOWS + 1)]
+    if not items:
+        raise InvalidArgumentError(f"{name} is empty; give at least one value (seconds)")
+    limit = math.inf if data is None else max_shift_sec(data)
+    why = "" if data is None else (f"no {data.crop_len_sec:g} s window with a larger one fits in the "
+                                   f"{data.clip_max_len_sec:g} s of a clip the model reads")
+    low = 0.0 if low_is_zero else -limit
+    return [real(f"{name}[{i}]", v, low=low, high=limit, why=why) for i, v in enumerate(items)]
+
+
+def check_sweep(
+    offsets: Iterable[float] | None, starts: Iterable[float], data: DataConfig | None
+) -> tuple[list[float] | None, list[float]]:
+    """``(offsets, starts)`` of a sweep as lists of floats (``offsets`` None stays None: the model's grid).
+
+    Each offset and start is checked as ``predict``'s (finite, within :func:`synchlib.preprocess.max_shift_sec`,
+    starts >= 0; ``data`` None: finite, starts >= 0), both lists must hold something, and there may be at most
+    :data:`MAX_SWEEP_WINDOWS` windows (offsets x starts); else :class:`InvalidArgumentError`."""
+    offs = None if offsets is None else _numbers("offsets", offsets, data, low_is_zero=False)
+    starts = _numbers("starts", starts, data, low_is_zero=True)
+    n = len(offs) if offs is not None else len(data.grid) if data is not None else 1
+    if n * len(starts) > MAX_SWEEP_WINDOWS:
+        cut = MAX_SWEEP_WINDOWS + 1 in (n, len(starts))  # a list was read only that far
+        raise InvalidArgumentError(
+            f"a sweep may hold at most {MAX_SWEEP_WINDOWS} (start, offset) windows, got {'at least ' * cut}"
+            f"{n * len(starts)} ({n} offsets x {len(starts)} starts); sweep fewer offsets or starts at a time"
+        )
+    return offs, starts
 
 
 class Predictor:
@@ -41,27 +83,34 @@ class Predictor:
     def __init__(self, model: Synchformer, *, precision: str = "fp32", audio_priming: AudioPriming = "drop"):
         self.model = model
         self.cfg = model.cfg
-        self.precision = precision
-        self.audio_priming = audio_priming
+        self.precision = check_precision(precision)
+        self.audio_priming = one_of("audio_priming", audio_priming, AUDIO_PRIMING_OPTIONS)
         self.decoded: Decoded | None = None
         self.name = ""
-        self._vfeats: dict[float, torch.Tensor] = {}
+        self._vfeats: dict[int, torch.Tensor] = {}  # first frame of the video crop -> its features
 
     def set_video(self, video: str | Path | Decoded) -> "Predictor":
         """Decode ``video`` once (normalising it if needed) and forget cached features of the previous one."""
+        if not isinstance(video, (str, Path, Decoded)):
+            raise InvalidArgumentError(
+                f"the video must be a path (str or Path) or a Decoded, got {type(video).__name__}"
+            )
         self.decoded = video if isinstance(video, Decoded) else read_video(video, self.cfg, audio_priming=self.audio_priming)
         self.name = str(video) if not isinstance(video, Decoded) else str(video.source.path)
         self._vfeats.clear()
         return self
 
     def _lengths(self) -> tuple[int, int]:
-        assert self.decoded is not None, "call set_video() first"
+        if self.decoded is None:
+            raise SynchlibError("this Predictor has no video yet; call set_video() first")
         return equalify(len(self.decoded.frames), len(self.decoded.audio), self.cfg.data)
 
     @torch.inference_mode()
     def vfeats(self, start_sec: float) -> torch.Tensor:
-        """Visual features (S, tv, D) of the window at ``start_sec`` (computed once, then cached)."""
-        key = round(float(start_sec), 6)
+        """Visual features (S, tv, D) of the window at ``start_sec`` (computed once per first frame, then cached:
+        at most one entry per frame of the clip)."""
+        _, start_sec = check_window(0.0, start_sec, self.cfg.data)
+        key = int(start_sec * self.cfg.data.vfps)  # the crop's first frame, as video_window takes it
         if key not in self._vfeats:
             _, _, vid = video_window(self.decoded, start_sec, self.cfg, self._lengths()[0])
             with autocast(self.model.device, self.precision):
@@ -70,6 +119,7 @@ class Predictor:
 
     def clip(self, offset_sec: float, start_sec: float) -> Clip:
         """The full :class:`Clip` of one window (for display or the plain path)."""
+        self._lengths()  # a video is set
         from .preprocess import clip_from_decoded
 
         return clip_from_decoded(self.decoded, self.cfg, offset_sec, start_sec)
@@ -77,6 +127,8 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, offsets: Sequence[float], start_sec: float, batch_size: int = 8) -> torch.Tensor:
         """Logits (len(offsets), classes) of the windows at ``start_sec`` with each audio offset."""
+        offsets, [start_sec] = check_sweep(offsets, [start_sec], self.cfg.data)
+        batch_size = check_batch_size(batch_size)
         n_frames, n_samples = self._lengths()
         vf = self.vfeats(start_sec)
         out = []
@@ -101,10 +153,14 @@ class Predictor:
         batch_size: int = 8,
         progress: bool = True,
     ) -> pd.DataFrame:
-        """One row per (start, offset) window with the columns of :data:`SWEEP_COLUMNS`."""
-        all_offsets = [float(o) for o in (self.cfg.grid if offsets is None else offsets)]
-        starts = [float(s) for s in starts]
+        """One row per (start, offset) window with the columns of :data:`SWEEP_COLUMNS`. Arguments out of range
+        (:func:`check_sweep`, batch_size 1 to :data:`synchlib.predict.MAX_BATCH_SIZE`) raise
+        :class:`InvalidArgumentError`."""
         data = self.cfg.data
+        offsets, starts = check_sweep(offsets, starts, data)
+        batch_size = check_batch_size(batch_size)
+        self._lengths()  # a video is set
+        all_offsets = [float(o) for o in data.grid] if offsets is None else offsets
         rows, skipped = [], []
         for start in tqdm(starts, desc="sweep starts", disable=not progress or len(starts) < 2):
             offsets = [o for o in all_offsets if self.fits(o, start)]
@@ -167,8 +223,11 @@ def sweep(
     """Predict every (start, offset) window of ``video``; offsets default to the model's grid.
 
     Returns a tidy DataFrame: ``video, start_sec, offset_sec, target_class, predicted_offset_sec,
-    predicted_class, p, correct, within_one``.
+    predicted_class, p, correct, within_one``. Arguments are checked (:class:`InvalidArgumentError`) before the
+    video is decoded.
     """
+    check_sweep(offsets, starts, model.cfg.data)
+    check_batch_size(batch_size)
     pr = Predictor(model, precision=precision, audio_priming=audio_priming).set_video(video)
     return pr.sweep(offsets, starts, batch_size=batch_size, progress=progress)
 
@@ -186,13 +245,14 @@ def sweep_manifest(
 
     Returns (results of all videos, failures with one ``error`` line per video that could not be swept).
     """
-    from .errors import SynchlibError
     from .reports import read_manifest
 
     tables, failures = [], []
     for item in tqdm(read_manifest(manifest), desc="videos", disable=not progress):
         try:
             tables.append(sweep(model, item["video"], offsets, starts, progress=False, **kwargs))
+        except InvalidArgumentError:  # checked before decoding: the arguments, not this video, are wrong
+            raise
         except SynchlibError as e:
             failures.append({"video": item["video"], "error": str(e)})
     import pandas as pd

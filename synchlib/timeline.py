@@ -36,10 +36,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DataConfig
-from .errors import ClipTooShortError, ConfigError
-from .io import AudioPriming, ending_notes, iter_audio, iter_video, probe
+from .checks import one_of, real
+from .errors import ClipTooShortError, ConfigError, InvalidArgumentError
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, probe
 from .model import Synchformer
-from .predict import autocast, logits_to_prediction
+from .predict import autocast, check_batch_size, check_precision, logits_to_prediction
 from .preprocess import equalify, frames_to_input, log_mel, segment_layout, temporal_crop
 from .samples import resolve_video
 
@@ -446,16 +447,34 @@ def check_offset_model(model: Synchformer) -> None:
         )
 
 
-def _check_range(hop_sec: float, start_sec: float, end_sec: float | None, data: DataConfig) -> None:
-    if not hop_sec > 0:
-        raise ValueError(f"hop_sec must be > 0, got {hop_sec}; the default is {default_hop_sec(data):g} s")
-    if start_sec < 0:
-        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
-    if end_sec is not None and end_sec < start_sec + data.crop_len_sec:
-        raise ClipTooShortError(
-            f"end_sec={end_sec:g} leaves no room for a window: a window needs {data.crop_len_sec:g} s from its "
-            f"start, so use end_sec >= start_sec + {data.crop_len_sec:g} = {start_sec + data.crop_len_sec:g}"
-        )
+def min_hop_sec(data: DataConfig) -> float:
+    """The shortest hop: one video frame (0.04 s). Windows closer than that start on the same frame, and a hop
+    that tends to 0 would make the number of windows (the work) grow without bound."""
+    return 1.0 / data.vfps
+
+
+def check_timeline(
+    hop_sec: float | None, start_sec: float, end_sec: float | None, data: DataConfig | None
+) -> tuple[float | None, float, float | None]:
+    """``(hop_sec, start_sec, end_sec)`` as floats (None stays None) when the hop is at least :func:`min_hop_sec`,
+    the start >= 0 and the end after the start, all finite; else :class:`InvalidArgumentError`. ``data`` None
+    (the model's config not known yet) checks a hop only for > 0. An end that leaves no room for a window is a
+    :class:`ClipTooShortError`."""
+    if hop_sec is not None:
+        if data is None:
+            hop_sec = real("hop_sec", hop_sec, above=0.0)
+        else:
+            hop_sec = real("hop_sec", hop_sec, low=min_hop_sec(data),
+                           why=f"the shortest hop is one video frame, the default {default_hop_sec(data):g} s")
+    start_sec = real("start_sec", start_sec, low=0.0)
+    if end_sec is not None:
+        end_sec = real("end_sec", end_sec, above=start_sec, why="the end of the last window, after start_sec")
+        if data is not None and end_sec < start_sec + data.crop_len_sec:
+            raise ClipTooShortError(
+                f"end_sec={end_sec:g} leaves no room for a window: a window needs {data.crop_len_sec:g} s from its "
+                f"start, so use end_sec >= start_sec + {data.crop_len_sec:g} = {start_sec + data.crop_len_sec:g}"
+            )
+    return hop_sec, start_sec, end_sec
 
 
 def iter_window_logits(
@@ -477,12 +496,18 @@ def iter_window_logits(
     logits (fp32, within rounding). See the module docstring for the caching and the memory bound.
 
     ``notes`` collects why the answer may be unreliable (damage found while decoding), ``stats`` gets the counts
-    of computed segments and windows (filled at the end).
+    of computed segments and windows (filled at the end). Arguments out of range (:func:`check_timeline`,
+    batch_size 1 to :data:`synchlib.predict.MAX_BATCH_SIZE`, precision, audio_priming) raise
+    :class:`InvalidArgumentError` before the video is opened.
     """
     check_offset_model(model)
     data = model.cfg.data
-    hop_sec = default_hop_sec(data) if hop_sec is None else float(hop_sec)
-    _check_range(hop_sec, start_sec, end_sec, data)
+    hop_sec, start_sec, end_sec = check_timeline(hop_sec, start_sec, end_sec, data)
+    hop_sec = default_hop_sec(data) if hop_sec is None else hop_sec
+    batch_size, precision = check_batch_size(batch_size), check_precision(precision)
+    one_of("audio_priming", audio_priming, AUDIO_PRIMING_OPTIONS)
+    if not isinstance(video, (str, Path)):
+        raise InvalidArgumentError(f"the video must be a path (str or Path), got {type(video).__name__}")
     path = resolve_video(video)
     info = probe(path)
     notes = [] if notes is None else notes
