@@ -94,10 +94,10 @@ def golden(case: str) -> dict[str, np.ndarray]:
 # Features and logits: max |ours - golden| <= REL_TOL * max |golden|. The fp32 forward runs about 40 layers whose
 # kernels (oneDNN / MKL GEMM blocking, attention, erf) sum in a different order on other CPUs and torch versions;
 # each K-term dot product (K = 768 to 3072) then differs by about sqrt(K) * u relative, and the LayerNorm of every
-# block keeps that from compounding. Measured: at most MEASURED_REL of the reference's values (all cases, this
-# machine vs the reference's Intel run). Relative to the largest magnitude, not per entry: entries near zero
-# carry the absolute rounding of their inputs. A real mistake moves them far more: GELU's tanh approximation
-# instead of erf changes the case-A2 logits by GELU_REL.
+# block keeps that from compounding. Measured on an AMD EPYC (torch 2.13 CPU build) against the reference's Intel
+# run: at most 1.4e-6 (cases A2, A, B) and 4.0e-6 (S1, S2), so 1e-4 leaves a 25x margin. Relative to the largest
+# magnitude, not per entry: entries near zero carry the absolute rounding of their inputs. Small mistakes still
+# show: GELU's tanh approximation instead of erf moves the case-A2 features by 2.1e-4 and the logits by 3.3e-4.
 REL_TOL = 1e-4
 
 
