@@ -3,7 +3,7 @@ id, and its kernel downloads the checkpoint (detweights in the released format) 
 verifies it against the md5 listed by SYNCHLIB_REGISTRY, loads it and predicts on CPU. Fixtures: conftest.py.
 
 The notebook's prediction is checked against the reference implementation's logits for the same weights, clip,
-offset and start (golden case A in ``shared/parity``). A second 14-segment forward pass in this process would
+offset and start (golden case A in ``tests/fixtures/parity``). A second 14-segment forward pass in this process would
 only add the same comparison at 1-2 min of CPU: test_parity.py already holds synchlib's own forward pass to those
 logits."""
 
@@ -20,8 +20,7 @@ from synchlib import checkpoints
 from synchlib.predict import logits_to_prediction
 from synchlib.reports import RESULT_FILE, run_notebook
 
-from .conftest import RELEASED_ID, SAMPLE_A
-from .test_parity import CASES, golden
+from .conftest import REL_TOL, RELEASED_ID, case_window, golden
 
 pytest.importorskip("papermill")
 nbformat = pytest.importorskip("nbformat")
@@ -31,10 +30,8 @@ OFFSET_SEC, START_SEC, TOP_K = 1.6, 0.0, 5
 
 
 @pytest.mark.slow
-def test_demo_notebook_downloads_verifies_and_predicts(
-    tmp_path, parity_dir, detweights_state_dict, released_files, mirror
-):
-    assert CASES["A"] == (SAMPLE_A, OFFSET_SEC, START_SEC) and synchlib.sample_path(VIDEO) == SAMPLE_A
+def test_demo_notebook_downloads_verifies_and_predicts(tmp_path, detweights_state_dict, released_files, mirror):
+    assert case_window("A") == (synchlib.sample_path(VIDEO), OFFSET_SEC, START_SEC)
     server, _ = mirror
     *_, md5 = released_files
     assert server.requests == 0
@@ -57,14 +54,22 @@ def test_demo_notebook_downloads_verifies_and_predicts(
     assert (note["algorithm"], note["digest"]) == ("md5", md5) and checkpoints.file_md5(cached) == md5
 
     # The notebook's numbers are the reference implementation's for these weights and this window.
-    g, meta = golden(parity_dir, "A")
+    g = golden("A")
     expected = logits_to_prediction(
-        torch.from_numpy(g["logits"][0]), g["grid"], target_class=meta["target_offset_class"],
+        torch.from_numpy(g["logits"][0]), g["grid"], target_class=int(g["target_offset_class"]),
         injected_offset_sec=OFFSET_SEC, start_sec=START_SEC, k=TOP_K,
     )  # fmt: skip
+    # test_parity holds synchlib's logits within dz = REL_TOL * max|logits| of these. That moves each softmax
+    # probability by at most 2 dz (|dp_i| <= p_i * (|dz_i| + sum_j p_j |dz_j|)), and cannot reorder the top k if
+    # neighbouring logits are more than 2 dz apart. The printed summary rounds p to 2 decimals, so its text is
+    # stable only if no golden p lies within 2 dz of a rounding edge (x.xx5). Both are checked first.
+    dz = REL_TOL * float(np.abs(g["logits"]).max())
+    top = np.sort(g["logits"][0])[::-1][: TOP_K + 1]
+    assert (-np.diff(top) > 2 * dz).all(), "neighbouring golden logits too close for a stable top-k order"
+    assert all(abs(p * 100 % 1 - 0.5) / 100 > 2 * dz for _, _, p in expected.topk), "a golden p is on a rounding edge"
     result = json.loads((out / RESULT_FILE).read_text())
     assert result["predicted_offset_sec"] == expected.offset_sec and result["class_index"] == expected.class_index
-    assert result["p"] == pytest.approx(expected.p, abs=1e-4)
+    assert result["p"] == pytest.approx(expected.p, abs=2 * dz)
     printed = "".join(
         o.get("text", "") for c in code if "synchlib.predict(model, clip" in c.source for o in c.outputs
         if o.get("name") == "stdout"

@@ -10,19 +10,19 @@ import synchlib
 from synchlib import checkpoints
 from synchlib.config import load_config
 
-from .conftest import RELEASED_ID
-from .test_parity import assert_close_rel, golden, rebuild_vid
+from .conftest import RELEASED_ID, assert_close_rel, assert_frames_are_golden, golden
 
 
-def test_load_model_downloads_verifies_caches_and_runs(parity_dir, mirror):
+def test_load_model_downloads_verifies_caches_and_runs(clips, mirror):
     server, source = mirror
     model = synchlib.load_model(RELEASED_ID, device="cpu", config=load_config(RELEASED_ID).with_segments(2), progress=False)
     cached = checkpoints.cache_dir() / RELEASED_ID / f"{RELEASED_ID}.pt"
     assert cached.is_file() and checkpoints.file_md5(cached) == checkpoints.file_md5(source)
     assert server.requests == 1
-    g, _ = golden(parity_dir, "A2")
+    g = golden("A2")  # the first 2 segments of case A: synchlib's own frames [0, 24), checked against the hashes
+    assert_frames_are_golden(clips["A"].frames[:24], g["frame_sha256"], "case A2")
     with torch.inference_mode():
-        logits = model(rebuild_vid(g, 2), torch.from_numpy(g["aud"]))
+        logits = model(clips["A"].vid[None, :2], torch.from_numpy(g["aud"]))
     assert_close_rel(logits, g["logits"], "logits via the downloaded checkpoint")
     synchlib.load_model(RELEASED_ID, device="cpu", config=load_config(RELEASED_ID).with_segments(2), progress=False)
     assert server.requests == 1, "a cached, verified checkpoint must not be downloaded again"
