@@ -8,7 +8,8 @@ test pipeline (:mod:`synchlib.preprocess`). What it does, and how this module do
 * Frames: torio's ``add_basic_video_stream(frame_rate=25, format="rgb24")``, i.e. the FFmpeg filter graph
   ``fps=25,format=pix_fmts=rgb24`` fed with the decoded frames (timestamps as decoded), first 200 frames (8 s).
   Here: the same graph through PyAV's ``av.filter.Graph`` (:func:`iter_rgb_frames`). The display matrix
-  (rotation) is not applied, as there.
+  (rotation) is not applied, as there. On the parity clips (H.264, yuv420p) the RGB bytes of PyAV's FFmpeg equal
+  those of the FFmpeg 5.1 that av-benchmark's torio used.
 * Transform: torchvision v2 ``Resize(224, BICUBIC)`` on uint8 (short side 224, long side ``int(224 * long /
   short)``; on uint8 CPU tensors it is ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` run on
   the uint8 values), ``CenterCrop(224)``, ``ToDtype(float32, scale=True)`` (``x * (1 / 255)``) and
@@ -131,7 +132,9 @@ def iter_rgb_frames(path: str | Path, fps: int) -> Iterator[np.ndarray]:
                 graph.vpush(None)
                 yield from _drain(graph)
         except av.error.FFmpegError as e:
-            raise VideoDecodeError(f"{path}: the video could not be decoded ({_reason(e)}); the file is damaged") from None
+            raise VideoDecodeError(
+                f"{path}: the video could not be decoded ({_reason(e)}); the file is damaged"
+            ) from None
 
 
 def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -258,7 +261,9 @@ def read_channels(path: str | Path, needed: Callable[[int], int] | None = None) 
                     chunks.append(out.to_ndarray())
                     rate = out.sample_rate
         except av.error.FFmpegError as e:
-            raise VideoDecodeError(f"{path}: the audio could not be decoded ({_reason(e)}); the file is damaged") from None
+            raise VideoDecodeError(
+                f"{path}: the audio could not be decoded ({_reason(e)}); the file is damaged"
+            ) from None
     if not chunks:
         raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
     return np.concatenate(chunks, axis=1), rate

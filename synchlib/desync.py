@@ -522,9 +522,9 @@ def desync(
     not an exception. ``csv_path``: the table is written there as pairs finish, and the pairs an earlier run
     finished there (same protocol, files unchanged since) are taken from it, not computed again (``n_reused``):
     scored pairs and pairs refused for their input; pairs that failed otherwise (out of memory, ...) are tried
-    again. ``model`` may be None when no pair needs it (see :func:`pairs_to_compute`). ``protocol``: see :func:`clip_desync`. In av-benchmark mode
-    ``workers`` processes decode ahead (0: decoding here) and the segments of several pairs share an extractor
-    call (``batch_size`` segments per call).
+    again. ``model`` may be None when no pair needs it (see :func:`pairs_to_compute`). ``protocol``: see
+    :func:`clip_desync`. In av-benchmark mode ``workers`` processes decode ahead (0: decoding here) and the
+    segments of several pairs share an extractor call (``batch_size`` segments per call).
     """
     check_protocol(protocol)
     items = _items(source, audio_dir)

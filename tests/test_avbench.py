@@ -34,7 +34,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "desync_avbench"
 GOLDENS = json.loads((FIXTURES / "goldens.json").read_text())
 PAIRS = sorted(GOLDENS["pairs"])
 KEPT = GOLDENS["kept_segments"]
-REL_TOL = 1e-4  # the bound for features and logits: float32 on another CPU / torch build, max error / max |golden|
+REL_TOL = 1e-4  # the bound for features and logits (max error / max |golden|): float32 on another torch build
 WAVE_TOL = 1e-4  # the bound for the 16 kHz waveform (full scale 1.0)
 MEL_TOL = 1e-4  # the bound for the log-mel where the mel power is not near silence
 # "Near silence": a mel band more than 60 dB (power ratio 1e-6) below the loudest band of its frame. float32 FFT
