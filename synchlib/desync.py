@@ -459,6 +459,8 @@ def _items(source: str | Path | Iterable[tuple[str | Path, str | Path | None]],
            audio_dir: str | Path | None) -> list[tuple[Path, Path | None]]:
     if isinstance(source, (str, Path)):
         return desync_items(source, audio_dir)
+    if audio_dir is not None:
+        raise InvalidArgumentError("audio_dir goes with a folder of videos; (video, audio) pairs name their audio")
     return [(Path(v), None if a is None or a == "" else Path(a)) for v, a in source]
 
 
