@@ -1404,6 +1404,27 @@ def config_for_checkpoint(id_or_path: str | Path, meta: Mapping[str, Any] | None
     )
 
 
+# Bare state-dict files published elsewhere for a released model (no config inside): full md5 -> released id.
+KNOWN_STATE_DICTS: dict[str, str] = {
+    "5b2f5594b0730f70e41e549b7c94390c": "24-01-04T16-39-21",  # MMAudio's synchformer_state_dict.pth (907 MB)
+}
+AV_BENCHMARK_ID = "24-01-04T16-39-21"  # the model av-benchmark and MMAudio use
+
+
+def bare_state_dict_config(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The config name for a bare state dict that carries no config, such as MMAudio's
+    ``synchformer_state_dict.pth``: the released or packaged model whose key names and shapes it has (the three
+    released offset models share one layout and one test-time config; :data:`AV_BENCHMARK_ID` is named first),
+    else the released id its md5 names in :data:`KNOWN_STATE_DICTS`; None when neither."""
+    from .model import build_model
+
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name in sorted([*RELEASED, *PACKAGED], key=lambda n: n != AV_BENCHMARK_ID):
+        if shapes == {k: tuple(v.shape) for k, v in build_model(name, device="meta").state_dict().items()}:
+            return name
+    return KNOWN_STATE_DICTS.get(file_md5(path))
+
+
 def load_model(
     id_or_path: str | Path = "24-01-04T16-39-21",
     device: str | torch.device = "auto",
@@ -1423,7 +1444,13 @@ def load_model(
     dev = resolve_device(device)
     path = resolve_checkpoint(id_or_path, progress=progress)
     sd, meta = read_checkpoint(path)
-    cfg = config_for_checkpoint(id_or_path, meta, config)
+    try:
+        cfg = config_for_checkpoint(id_or_path, meta, config)
+    except CheckpointError:  # no config anywhere: a known bare state dict (MMAudio's) needs none
+        name = bare_state_dict_config(path, sd) if not meta else None
+        if name is None:
+            raise
+        cfg = config_for_checkpoint(name)
     model = build_model(cfg, device="meta")
     try:
         model.load_state_dict(sd, strict=True, assign=True)

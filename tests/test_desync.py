@@ -173,3 +173,13 @@ def test_sources_and_cli(model, cfg, clips, tmp_path, capsys):
     assert summary["n"] == 1 and summary["n_failed"] == 0 and summary["csv"] == str(tmp_path / "d.csv")
     (folder / "a.mp4").write_bytes(b"broken")
     assert run_desync(args) == 1  # nothing scored
+
+
+def test_rows_carry_logits_and_protocol(model, cfg, clips):
+    """Synchformer protocol: ``return_logits`` adds the two windows' logits, whose argmax are the offsets."""
+    row = clip_desync(model, clips["video"], return_logits=True)
+    assert row["protocol"] == "synchformer" and row["first_logits"].shape == (cfg.data.num_off_cls,)
+    grid = cfg.data.grid
+    assert row["first_offset_sec"] == pytest.approx(float(grid[row["first_logits"].argmax()]))
+    assert row["last_offset_sec"] == pytest.approx(float(grid[row["last_logits"].argmax()]))
+    assert "first_logits" not in clip_desync(model, clips["video"])
