@@ -1,32 +1,124 @@
 """Headless notebook runs and batch reports.
 
-``run_notebook`` executes a notebook with papermill (parameters injected after the cell tagged ``parameters``)
-and writes an HTML report next to the executed ``.ipynb``. ``batch_report`` does that for every video of a
-manifest, in parallel, records failures without stopping, skips finished items on a rerun, and writes a summary
-(CSV + HTML index).
+``run_notebook`` executes a notebook with papermill (parameters injected after the cell tagged ``parameters``,
+checked by :mod:`synchlib.nbparams` first) and writes an HTML report next to the executed ``.ipynb``.
+``batch_report`` does that for every video of a manifest and writes a summary (CSV + HTML index):
+
+* Items run in separate worker processes (``spawn``); the notebook kernel of an item starts in the item's folder.
+  Each kernel is told which item it runs (environment variable ``SYNCHLIB_REPORT_ITEM``); :func:`save_result`
+  writes that identity into ``result.json``, and a result whose identity is not its item's is refused.
+* An item's video is probed (:func:`synchlib.io.probe`) before a kernel starts, so missing or unusable files
+  fail in milliseconds. One bad row or video fails that item only; the batch goes on.
+* Item folders are named from the manifest's ``name`` (or the video's name): ASCII letters, digits, ``._-``, no
+  leading dot, at most ``MAX_NAME_CHARS`` characters, unique even when case is ignored. Every path written is
+  checked to lie inside the output folder.
+* A rerun skips an item only if its ``status.json`` says it succeeded for the same notebook, video and
+  parameters (the item's key); anything else is run again.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import html
+import io
 import json
+import multiprocessing
+import os
 import re
+import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import unicodedata
+import uuid
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
-from .errors import SynchlibError
-from .media import write_thumbnail
+from . import nbparams
+from .errors import InvalidArgumentError, SynchlibError
+from .synthetic import MANIFEST_COLUMNS
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 STATUS_FILE = "status.json"
 RESULT_FILE = "result.json"  # notebooks may write their key numbers here (``synchlib.reports.save_result``)
+THUMBNAIL_FILE = "thumbnail.png"
+SUMMARY_CSV = "summary.csv"
+INDEX_HTML = "index.html"
+
+ITEM_ENV = "SYNCHLIB_REPORT_ITEM"  # JSON identity of the batch item a kernel runs, set by the batch
+IDENTITY_KEY = "synchlib_item"  # where save_result keeps that identity in result.json
+
+PATH_COLUMNS = ("path", "video")  # the video column of a manifest (one of them)
+NAME_COLUMN = "name"
+METADATA_COLUMNS = frozenset(MANIFEST_COLUMNS) - {"path"}  # what ``synchlib synth`` records about each clip
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_MANIFEST_ROWS = 200_000
+MAX_NAME_CHARS = 80
+MAX_ERROR_CHARS = 500  # an item's error as stored in status.json / summary.csv
+MAX_JSON_BYTES = 2**20  # status.json / result.json larger than this are not read
+MAX_LISTED_FAILURES = 20  # failures the CLI prints; the rest are in summary.csv
+EXIT_ITEMS_FAILED = 1  # ``synchlib report``: the batch ran, some items failed (usage errors exit 2)
+DEFAULT_NAME = "item"
+WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
+)  # fmt: skip
+RESERVED_NAMES = frozenset(n.casefold() for n in (SUMMARY_CSV, INDEX_HTML))  # files of the batch itself
+
+
+# ---- paths -------------------------------------------------------------------------------------------------------
+
+
+def safe_name(text: str) -> str:
+    """A file or folder name made from ``text``: accents dropped, anything but ASCII letters, digits and ``._-``
+    replaced by ``_``, no leading ``.``/``-``, no trailing ``.``, at most ``MAX_NAME_CHARS`` characters, not a
+    Windows device name; ``"item"`` when nothing is left."""
+    ascii_ = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).lstrip(".-")[:MAX_NAME_CHARS].rstrip(".")
+    if not name:
+        return DEFAULT_NAME
+    return f"_{name}"[:MAX_NAME_CHARS] if name.split(".")[0].upper() in WINDOWS_DEVICES else name
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... (within ``MAX_NAME_CHARS``): the first whose case-folded form is not
+    in ``taken``; adds it there."""
+    name, i = base, 1
+    while name.casefold() in taken or name.casefold() in RESERVED_NAMES:
+        i += 1
+        suffix = f"_{i}"
+        name = base[: MAX_NAME_CHARS - len(suffix)] + suffix
+    taken.add(name.casefold())
+    return name
+
+
+def inside(path: Path, root: Path) -> Path:
+    """``path`` resolved (links followed), if it lies inside ``root`` (resolved); else a :class:`SynchlibError`."""
+    resolved, top = Path(path).resolve(), Path(root).resolve()
+    if resolved != top and top not in resolved.parents:
+        raise SynchlibError(f"refusing to write {path}: it resolves to {resolved}, outside the output folder {top}")
+    return resolved
+
+
+def _file_name(name: str) -> str:
+    if safe_name(name) != name:
+        raise InvalidArgumentError(
+            f"name {name!r} is not a plain file name; use ASCII letters, digits, '.', '_', '-' (not starting with '.' "
+            f"or '-', at most {MAX_NAME_CHARS} characters), e.g. {safe_name(name)!r}"
+        )
+    return name
+
+
+def _unformattable(path: Path) -> str:
+    """``path`` as a str that papermill's ``str.format(**parameters)`` of input/output paths leaves unchanged."""
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
+# ---- one notebook ------------------------------------------------------------------------------------------------
 
 
 def find_notebook(name: str | Path) -> Path:
@@ -64,20 +156,26 @@ def run_notebook(
 ) -> tuple[Path, Path]:
     """Execute ``notebook`` with ``parameters`` into ``out_dir``; return (executed .ipynb, .html).
 
-    The notebook runs with ``out_dir`` as its working directory, so files it writes land next to the report.
-    A failing cell raises :class:`SynchlibError` naming the cell's error; the partly executed notebook and its
-    HTML are still written.
+    Parameters must be declared by the notebook's ``parameters`` cell and be plain data (see
+    :mod:`synchlib.nbparams`); anything else raises :class:`InvalidArgumentError` before a kernel starts.
+    ``name`` (default: the notebook's name) names the output files; it must be a plain file name.
+    The kernel runs with ``out_dir`` as its working directory (this process's directory is left alone), so files
+    the notebook writes land next to the report. A failing cell raises :class:`SynchlibError` naming the cell's
+    error; the partly executed notebook and its HTML are still written.
     """
     import papermill as pm
 
     src = find_notebook(notebook)
+    nb = nbparams.load_notebook(src)
+    params = nbparams.check_parameters(dict(parameters or {}), nb, src.name, kernel)
+    stem = safe_name(src.stem) if name is None else _file_name(name)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name or src.stem}.ipynb"
+    out = inside(out_dir / f"{stem}.ipynb", out_dir)
     try:
         pm.execute_notebook(
-            str(src), str(out), parameters=dict(parameters or {}), kernel_name=kernel, cwd=str(out_dir),
-            progress_bar=progress, execution_timeout=timeout,
+            _unformattable(src), _unformattable(out), parameters=params, kernel_name=kernel, progress_bar=progress,
+            execution_timeout=timeout, resources={"metadata": {"path": str(out_dir)}},
         )  # fmt: skip
     except pm.PapermillExecutionError as e:
         to_html(out)
@@ -86,75 +184,144 @@ def run_notebook(
 
 
 def save_result(values: Mapping[str, Any], path: str | Path = RESULT_FILE) -> Path:
-    """From inside a notebook: record its key numbers (JSON) for the batch summary."""
+    """From inside a notebook: record its key numbers (JSON) for the batch summary.
+
+    In a batch, the item's identity (set by the batch in ``SYNCHLIB_REPORT_ITEM``) is stored with them under
+    ``"synchlib_item"``, so the summary can tell whose numbers they are."""
+    data = dict(values)
+    identity = os.environ.get(ITEM_ENV)
+    if identity:
+        data[IDENTITY_KEY] = json.loads(identity)
     path = Path(path)
-    path.write_text(json.dumps(dict(values), default=float, indent=1))
+    path.write_text(json.dumps(data, default=float, indent=1))
     return path
 
 
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def parse_parameters(pairs: list[list[str]] | None) -> dict[str, Any]:
-    return {k: _parse_value(v) for k, v in (pairs or [])}
+    """``-p KEY VALUE`` pairs as a dict, values parsed by :func:`synchlib.nbparams.parse_value`."""
+    return {k: nbparams.parse_value(v) for k, v in (pairs or [])}
+
+
+# ---- manifests ---------------------------------------------------------------------------------------------------
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a manifest CSV with a ``path`` (or ``video``) column, relative to the manifest or absolute.
 
-    Other columns (``offset_sec``, ``start_sec``, ...) become notebook parameters; ``name`` names the item.
+    Returns one dict per non-blank row: ``name`` (the item's folder name, see :func:`safe_name`; from the ``name``
+    column or the video's name), ``video`` (absolute path), ``params`` (the row's other non-empty cells, values
+    parsed), ``line`` (its line in the file) and ``error`` (why the row cannot be used: bad encoding, no path,
+    more cells than the header, ...; ``""`` for a good row). A manifest that is not a readable CSV with a path
+    column, larger than ``MAX_MANIFEST_BYTES`` or with more than ``MAX_MANIFEST_ROWS`` rows raises
+    :class:`SynchlibError`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise SynchlibError(f"no manifest at {path}; give a CSV with a 'path' column")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    with path.open("rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise SynchlibError(f"{path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB; split it into smaller manifests")
+    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="surrogateescape"), newline=""))
+    header = _header(reader, path)
+    key = next(c for c in PATH_COLUMNS if c in header)
+    items: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    while True:
+        try:
+            cells = next(reader)
+            error = ""
+        except StopIteration:
+            break
+        except csv.Error as e:
+            cells, error = [], f"line {reader.line_num} of {path.name} is not valid CSV ({e})"
+        if not error and not any(c.strip() for c in cells):
+            continue  # blank line
+        if len(items) == MAX_MANIFEST_ROWS:
+            raise SynchlibError(f"{path} has more than {MAX_MANIFEST_ROWS} rows; split it into smaller manifests")
+        items.append(_manifest_item(dict(zip(header, cells)), key, reader.line_num, path, taken,
+                                    error or _row_error(cells, header, key, reader.line_num, path)))
+    if not items:
         raise SynchlibError(f"{path} has no rows")
-    key = "path" if "path" in rows[0] else "video" if "video" in rows[0] else None
-    if key is None:
-        raise SynchlibError(f"{path} needs a 'path' (or 'video') column; it has {list(rows[0])}")
-    items, seen = [], set()
-    for row in rows:
-        video = Path(row.pop(key)).expanduser()
-        video = video if video.is_absolute() else (path.parent / video)
-        name = row.pop("name", None) or video.stem
-        base, i = re.sub(r"[^\w.-]+", "_", name), 1
-        name = base
-        while name in seen:
-            i += 1
-            name = f"{base}_{i}"
-        seen.add(name)
-        params = {k: _parse_value(v) for k, v in row.items() if v not in ("", None)}
-        items.append({"name": name, "video": str(video.resolve()), "params": params})
     return items
 
 
-def _run_item(item: dict, notebook: Path, out_dir: Path, common: Mapping[str, Any], kernel: str) -> dict:
-    item_dir = out_dir / item["name"]
-    t0 = time.perf_counter()
-    status: dict[str, Any] = {"name": item["name"], "video": item["video"]}
+def _header(reader, path: Path) -> list[str]:
     try:
-        params = {**common, **item["params"], "video": item["video"]}
-        ipynb, page = run_notebook(notebook, item_dir, params, kernel=kernel, progress=False)
-        status.update(ok=True, report=str(page.relative_to(out_dir)), error="")
-        write_thumbnail(item["video"], item_dir / "thumbnail.png")
-        result = item_dir / RESULT_FILE
-        if result.is_file():
-            status["result"] = json.loads(result.read_text())
-    except Exception as e:  # one bad video must not stop the batch
-        msg = str(e) if isinstance(e, SynchlibError) else "".join(traceback.format_exception_only(e)).strip()
-        status.update(ok=False, error=msg.splitlines()[0] if msg else type(e).__name__)
-    status["seconds"] = round(time.perf_counter() - t0, 2)
-    item_dir.mkdir(parents=True, exist_ok=True)
-    (item_dir / STATUS_FILE).write_text(json.dumps(status, indent=1))
-    return status
+        header = [h.strip() for h in next(reader)]
+    except (StopIteration, csv.Error) as e:
+        raise SynchlibError(
+            f"{path} has no readable header line ({e or 'empty file'}); give a CSV with a 'path' column"
+        ) from None
+    if any(_has_undecodable(h) for h in header):
+        raise SynchlibError(f"the header of {path} is not UTF-8 text; save the manifest as UTF-8")
+    dupes = sorted(h for h, n in Counter(header).items() if n > 1 and h)
+    if dupes:
+        raise SynchlibError(f"{path} has the column(s) {dupes} more than once; keep one of each")
+    found = [c for c in PATH_COLUMNS if c in header]
+    if len(found) != 1:
+        which = "both 'path' and 'video' columns; keep one" if found else f"no 'path' (or 'video') column: {header}"
+        raise SynchlibError(f"{path} has {which}")
+    return header
+
+
+def _has_undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)  # bytes that were not UTF-8 (surrogateescape)
+
+
+def _row_error(cells: list[str], header: list[str], key: str, line: int, path: Path) -> str:
+    where = f"line {line} of {path.name}"
+    if len(cells) > len(header):
+        return f"{where} has {len(cells)} cells but the header has {len(header)} columns"
+    if any(_has_undecodable(c) for c in cells):
+        return f"{where} is not UTF-8 text; save the manifest as UTF-8"
+    if not dict(zip(header, cells)).get(key, "").strip():
+        return f"{where} has no video ({key!r} cell is empty)"
+    return ""
+
+
+def _manifest_item(row: dict[str, str], key: str, line: int, manifest: Path, taken: set[str], error: str) -> dict:
+    cell = row.get(key, "").strip()
+    video = ""
+    if not error:
+        try:
+            p = Path(cell).expanduser()
+            video = str((p if p.is_absolute() else manifest.parent / p).resolve())
+        except (OSError, ValueError, RuntimeError) as e:
+            error = f"line {line} of {manifest.name}: unusable path {cell[:80]!r} ({e})"
+    label = row.get(NAME_COLUMN, "").strip() or (Path(cell).stem if cell else "") or f"line_{line}"
+    params = {
+        k: nbparams.parse_value(v) for k, v in row.items() if k not in (key, NAME_COLUMN) and v and v.strip()
+    }  # fmt: skip
+    name = unique_name(safe_name(label), taken)
+    return {"name": name, "video": video, "params": params, "line": line, "error": error}
+
+
+def item_parameters(item: Mapping[str, Any], declared: tuple[str, ...], label: str) -> tuple[dict[str, Any], list[str]]:
+    """(parameters a manifest row passes to a notebook that declares ``declared``, ignored metadata columns).
+
+    A cell in a column the notebook declares is passed; a cell in one of the columns ``synchlib synth`` writes
+    about each clip (seed, duration_sec, ...) is metadata and ignored; any other non-empty cell fails the item
+    (:class:`InvalidArgumentError` naming the columns): most likely a misspelt parameter."""
+    passed = {k: v for k, v in item["params"].items() if k in declared}
+    ignored = sorted(k for k in item["params"] if k not in declared and k in METADATA_COLUMNS)
+    unknown = [k for k in item["params"] if k not in declared and k not in METADATA_COLUMNS]
+    if unknown:
+        listed = ", ".join(declared) or "none"
+        raise InvalidArgumentError(
+            f"manifest column(s) {', '.join(map(repr, unknown))} are not parameters of {label} (it declares: "
+            f"{listed}); fix or remove them"
+        )
+    return passed, ignored
+
+
+def item_key(notebook: Path, name: str, video: str, parameters: Mapping[str, Any]) -> str:
+    """What identifies a finished item across reruns: notebook, folder name, video and every parameter."""
+    text = json.dumps([str(notebook), name, video, dict(parameters)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# ---- batches -----------------------------------------------------------------------------------------------------
 
 
 def batch_report(
@@ -167,48 +334,201 @@ def batch_report(
     kernel: str = "python3",
     progress: bool = True,
 ) -> list[dict]:
-    """Run ``notebook`` for every item of ``manifest``; items that finished before are skipped.
+    """Run ``notebook`` for every item of ``manifest``; items that finished before (same key) are skipped.
 
-    Writes ``out_dir/<item>/`` (executed notebook, HTML, status.json) and ``out_dir/summary.csv`` +
-    ``out_dir/index.html``. Returns the status of every item.
+    ``parameters`` go to every item; a row's cells in columns the notebook declares override them, and its
+    video is passed as ``video``. Bad options (undeclared common parameters, a notebook without a ``video``
+    parameter, ``workers`` < 1) raise before anything runs; a bad row or video fails that item only.
+    Writes ``out_dir/<item>/`` (executed notebook, HTML, status.json, thumbnail) and ``out_dir/summary.csv`` +
+    ``out_dir/index.html``. Returns the status of every item, in manifest order.
     """
-    nb = find_notebook(notebook)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError(f"workers must be a whole number >= 1, not {workers!r}")
+    nb_path = find_notebook(notebook)
+    nb = nbparams.load_notebook(nb_path)
+    declared = nbparams.declared_parameters(nb, nb_path.name)
+    if "video" not in declared:
+        raise SynchlibError(f"{nb_path.name} declares no 'video' parameter, so it cannot take a manifest's videos")
+    common = nbparams.check_parameters(dict(parameters or {}), nb, nb_path.name, kernel)
+    if "video" in common:
+        raise InvalidArgumentError("'video' comes from each manifest row; do not pass it as a parameter")
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     items = read_manifest(manifest)
-    done, todo = [], []
+
+    results: dict[str, dict] = {}
+    tasks: list[dict] = []
+    ignored: set[str] = set()
     for item in items:
-        st = out_dir / item["name"] / STATUS_FILE
-        prev = json.loads(st.read_text()) if st.is_file() else None
-        (done if prev and prev.get("ok") else todo).append(prev if prev and prev.get("ok") else item)
-    results = list(done)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(_run_item, it, nb, out_dir, dict(parameters or {}), kernel) for it in todo]
-        for f in tqdm(as_completed(futures), total=len(futures), desc=f"{nb.stem} reports", disable=not progress):
-            results.append(f.result())
-    order = {it["name"]: i for i, it in enumerate(items)}
-    results.sort(key=lambda r: order.get(r["name"], 0))
-    write_summary(results, out_dir)
-    return results
+        status = {"name": item["name"], "video": item["video"], "key": "", "ok": False, "report": "", "error": ""}
+        try:
+            if item["error"]:
+                raise SynchlibError(item["error"])
+            row, skipped = item_parameters(item, declared, nb_path.name)
+            ignored.update(skipped)
+            params = nbparams.check_parameters({**common, **row, "video": item["video"]}, nb, nb_path.name, kernel)
+        except SynchlibError as e:
+            results[item["name"]] = _write_status(out_dir, {**status, "error": _one_line(e)})
+            continue
+        key = item_key(nb_path, item["name"], item["video"], params)
+        previous = _finished(out_dir, item["name"], key)
+        if previous is not None:
+            results[item["name"]] = previous
+        else:
+            tasks.append({**status, "key": key, "params": params, "notebook": str(nb_path), "out_dir": str(out_dir),
+                          "kernel": kernel, "run": uuid.uuid4().hex})
+    if ignored:
+        print(f"note: manifest columns not declared by {nb_path.name} are ignored: {', '.join(sorted(ignored))}",
+              file=sys.stderr)
+    for status in _run_all(tasks, workers, f"{nb_path.stem} reports", progress):
+        results[status["name"]] = status
+    ordered = [results[it["name"]] for it in items]
+    write_summary(ordered, out_dir)
+    return ordered
+
+
+def _run_all(tasks: list[dict], workers: int, desc: str, progress: bool):
+    """Statuses of ``tasks`` run by ``_run_item`` in ``workers`` spawned processes, as they finish."""
+    if not tasks:
+        return
+    ctx = multiprocessing.get_context("spawn")  # fresh processes: no state (cwd, environment) shared with others
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+        futures = {pool.submit(_run_item, task): task for task in tasks}
+        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            try:
+                yield f.result()
+            except Exception as e:  # the worker process died (killed, out of memory, ...)
+                task = futures[f]
+                status = {k: task[k] for k in ("name", "video", "key", "ok", "report")}
+                status["error"] = f"worker process failed: {_one_line(e)}"
+                yield _write_status(Path(task["out_dir"]), status)
+
+
+def _run_item(task: dict) -> dict:
+    """One item, in a worker process: probe the video, run the notebook with the item's identity in the
+    kernel's environment, keep its result only if that identity comes back. Never raises."""
+    from .io import probe
+    from .media import write_thumbnail
+
+    t0 = time.perf_counter()
+    out_dir = Path(task["out_dir"])
+    status = {k: task[k] for k in ("name", "video", "key", "ok", "report", "error")}
+    identity = {"item": task["name"], "video": task["video"], "run": task["run"]}
+    try:
+        item_dir = _item_dir(out_dir, task["name"])
+        for stale in (STATUS_FILE, RESULT_FILE):
+            (item_dir / stale).unlink(missing_ok=True)
+        probe(task["video"])  # missing or unusable media fails here, before a kernel starts
+        os.environ[ITEM_ENV] = json.dumps(identity)
+        try:
+            _, page = run_notebook(task["notebook"], item_dir, task["params"], kernel=task["kernel"], progress=False)
+        finally:
+            del os.environ[ITEM_ENV]
+        result = _own_result(item_dir / RESULT_FILE, identity)
+        status.update(ok=True, report=page.relative_to(out_dir).as_posix(), **({"result": result} if result else {}))
+        write_thumbnail(task["video"], inside(item_dir / THUMBNAIL_FILE, out_dir))
+    except Exception as e:  # one bad video must not stop the batch
+        status.update(ok=False, error=_one_line(e))
+    status["seconds"] = round(time.perf_counter() - t0, 2)
+    return _write_status(out_dir, status)
+
+
+def _item_dir(out_dir: Path, name: str) -> Path:
+    """``out_dir/name``, created; a :class:`SynchlibError` unless it is a folder directly inside ``out_dir``."""
+    item_dir = out_dir / name
+    if inside(item_dir, out_dir).parent != out_dir.resolve():
+        raise SynchlibError(f"refusing to use {item_dir}: it is a link out of the output folder")
+    item_dir.mkdir(exist_ok=True)
+    if inside(item_dir, out_dir).parent != out_dir.resolve():
+        raise SynchlibError(f"refusing to use {item_dir}: it is a link out of the output folder")
+    return item_dir
+
+
+def _own_result(path: Path, identity: Mapping[str, str]) -> dict | None:
+    """The numbers in ``result.json`` if the notebook wrote one for this very run (identity equal); None if it
+    wrote none; a :class:`SynchlibError` for a result of another item or run, or without identity."""
+    data = _read_json(path)
+    if data is None:
+        return None
+    found = data.pop(IDENTITY_KEY, None)
+    if found != dict(identity):
+        raise SynchlibError(
+            f"{path} was not written for this item (identity {found!r}, expected {dict(identity)!r}); write results "
+            "with synchlib.reports.save_result from the notebook's own kernel"
+        )
+    return data
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None if there is no file; a :class:`SynchlibError` if too large or no object."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    if len(raw) > MAX_JSON_BYTES:
+        raise SynchlibError(f"{path} is larger than {MAX_JSON_BYTES // 2**10} KiB; record fewer numbers")
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise SynchlibError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SynchlibError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _finished(out_dir: Path, name: str, key: str) -> dict | None:
+    """The status of an earlier successful run of this very item (same key), else None."""
+    try:
+        status = _read_json(inside(out_dir / name / STATUS_FILE, out_dir))
+    except (SynchlibError, OSError):
+        return None
+    ok = status is not None and status.get("ok") is True and status.get("key") == key and status.get("name") == name
+    return status if ok else None
+
+
+def _write_status(out_dir: Path, status: dict) -> dict:
+    """Write ``out_dir/<name>/status.json`` (when the item's folder can be used) and return ``status``."""
+    try:
+        (_item_dir(out_dir, status["name"]) / STATUS_FILE).write_text(json.dumps(status, indent=1))
+    except (SynchlibError, OSError) as e:
+        status = {**status, "ok": False, "error": status.get("error") or f"cannot write its status: {_one_line(e)}"}
+    return status
+
+
+def _one_line(e: BaseException | str) -> str:
+    """The first line of an error message (at most ``MAX_ERROR_CHARS`` characters)."""
+    if isinstance(e, BaseException):
+        e = str(e) if isinstance(e, SynchlibError) else "".join(traceback.format_exception_only(e)).strip()
+        e = e or "unknown error"
+    line = e.splitlines()[0] if e.strip() else "unknown error"
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
+
+
+# ---- summary -----------------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ["name", "ok", "video", "report", "error", "seconds"]
 
 
 def write_summary(results: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """summary.csv (one row per item, with the numbers from result.json flattened) and index.html."""
-    keys = sorted({k for r in results for k in (r.get("result") or {})})
-    cols = ["name", "ok", "video", "report", "error", "seconds"] + keys
-    csv_path = out_dir / "summary.csv"
+    out_dir = Path(out_dir).resolve()
+    keys = sorted({k for r in results for k in (r.get("result") or {})} - set(SUMMARY_COLUMNS))
+    csv_path = inside(out_dir / SUMMARY_CSV, out_dir)
     with csv_path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS + keys, extrasaction="ignore")
         w.writeheader()
         for r in results:
-            w.writerow({**r, **(r.get("result") or {})})
+            w.writerow({**(r.get("result") or {}), **{k: r.get(k, "") for k in SUMMARY_COLUMNS}})
     n_ok = sum(bool(r.get("ok")) for r in results)
     rows = []
     for r in results:
         res = r.get("result") or {}
-        thumb = out_dir / r["name"] / "thumbnail.png"
-        img = f'<img src="{html.escape(thumb.relative_to(out_dir).as_posix())}" height="60">' if thumb.is_file() else ""
-        link = f'<a href="{html.escape(r.get("report", ""))}">{html.escape(r["name"])}</a>' if r.get("ok") else html.escape(r["name"])
+        name = html.escape(str(r["name"]))
+        thumb = out_dir / str(r["name"]) / THUMBNAIL_FILE
+        src = html.escape(thumb.relative_to(out_dir).as_posix())
+        img = f'<img src="{src}" height="60">' if _is_file_inside(thumb, out_dir) else ""
+        link = f'<a href="{html.escape(r.get("report", ""))}">{name}</a>' if r.get("ok") else name
         cells = "".join(f"<td>{html.escape(_fmt(res.get(k)))}</td>" for k in keys)
         status = "ok" if r.get("ok") else f'<span style="color:#b00">failed: {html.escape(r.get("error", ""))}</span>'
         rows.append(f"<tr><td>{img}</td><td>{link}</td><td>{status}</td>{cells}</tr>")
@@ -217,12 +537,19 @@ def write_summary(results: list[dict], out_dir: Path) -> tuple[Path, Path]:
         "<!doctype html><meta charset='utf-8'><title>synchlib batch report</title>"
         "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border-bottom:1px solid #ddd}</style>"
         f"<h1>synchlib batch report</h1><p>{n_ok} of {len(results)} items succeeded; "
-        f"<a href='summary.csv'>summary.csv</a></p>"
+        f"<a href='{SUMMARY_CSV}'>{SUMMARY_CSV}</a></p>"
         f"<table><tr><th></th><th>item</th><th>status</th>{head}</tr>{''.join(rows)}</table>"
     )
-    index = out_dir / "index.html"
+    index = inside(out_dir / INDEX_HTML, out_dir)
     index.write_text(page, encoding="utf-8")
     return csv_path, index
+
+
+def _is_file_inside(path: Path, root: Path) -> bool:
+    try:
+        return inside(path, root).is_file()
+    except (SynchlibError, OSError):
+        return False
 
 
 def _fmt(v: Any) -> str:
@@ -236,7 +563,8 @@ def _fmt(v: Any) -> str:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook", help="notebook path or name (demo, offset_sweep, attention, train_tiny)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), help="notebook parameter")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="notebook parameter (one its 'parameters' cell declares)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
     p.add_argument("--kernel", default="python3")
 
@@ -249,20 +577,24 @@ def run_notebook_cli(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manifest", type=Path, help="CSV with a 'path' column (+ optional offset_sec, start_sec, name)")
+    p.add_argument("manifest", type=Path, help="CSV with a 'path' column (+ optional name and notebook parameters)")
     p.add_argument("--notebook", default="offset_sweep")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="parameter for every item (e.g. -p checkpoint tiny-synthetic)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="items run at once, each in its own process (default 2)")
     p.add_argument("--kernel", default="python3")
 
 
 def run_report_cli(args: argparse.Namespace) -> int:
+    """Run the batch, print the count and the first ``MAX_LISTED_FAILURES`` failures (one line each).
+    Exit code 0 when every item succeeded, ``EXIT_ITEMS_FAILED`` when any failed."""
     results = batch_report(args.manifest, args.out, args.notebook, parse_parameters(args.parameter),
                            workers=args.workers, kernel=args.kernel)
     failed = [r for r in results if not r.get("ok")]
-    print(f"{len(results) - len(failed)} of {len(results)} items succeeded; see {Path(args.out) / 'index.html'}")
-    for r in failed:
+    print(f"{len(results) - len(failed)} of {len(results)} items succeeded; see {Path(args.out) / INDEX_HTML}")
+    for r in failed[:MAX_LISTED_FAILURES]:
         print(f"failed: {r['name']}: {r['error']}")
-    return 0
+    if len(failed) > MAX_LISTED_FAILURES:
+        print(f"... and {len(failed) - MAX_LISTED_FAILURES} more failed items; see {Path(args.out) / SUMMARY_CSV}")
+    return EXIT_ITEMS_FAILED if failed else 0
