@@ -249,6 +249,10 @@ def sweep_manifest(
 
     tables, failures = [], []
     for item in tqdm(read_manifest(manifest), desc="videos", disable=not progress):
+        if item["error"]:  # a row that names no usable video (bad encoding, no path, ...)
+            failures.append({"video": item["video"] or f"{Path(manifest).name}, line {item['line']}",
+                             "error": item["error"]})
+            continue
         try:
             tables.append(sweep(model, item["video"], offsets, starts, progress=False, **kwargs))
         except InvalidArgumentError:  # checked before decoding: the arguments, not this video, are wrong

@@ -232,6 +232,17 @@ def test_sweep_manifest_refuses_bad_arguments_once(model, tmp_path):
         sweep_manifest(model, manifest, offsets=[math.nan], progress=False)
 
 
+def test_sweep_manifest_records_unusable_rows(model, tmp_path):
+    """A row without a path fails alone, with the manifest's own reason (not as a sweep of an empty path)."""
+    from synchlib.sweep import sweep_manifest
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,name\n,empty\n{synchlib.sample_path('synthetic-demo')},demo\n")
+    table, failures = sweep_manifest(model, manifest, offsets=[0.0], starts=[1.0], progress=False)
+    assert len(table) == 1 and len(failures) == 1
+    assert "line" in failures["video"][0] and "directory" not in failures["error"][0]
+
+
 @pytest.mark.parametrize(
     "kwargs,word",
     [
