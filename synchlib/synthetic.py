@@ -827,8 +827,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int,
       (float code such as the macroblock-tree propagation has AVX2 and AVX-512 versions that round differently),
       and with it, two encodes of the same frames in one process could differ (measured: the output depended on
       what the heap held before). The C code is the same instructions on every CPU; the glibc maths it calls
-      (exp, log, pow) is its FMA variant on all these CPUs. Cost: the x264 encode of a default clip (10 s at
-      64x64, 250 frames) takes about 2x as long, about +0.08 s (``benchmarks/bench_synthetic.py``).
+      (exp, log, pow) is its FMA variant on all these CPUs. Cost: encoding a default clip (10 s at 64x64, 250
+      frames) takes about 1.8x as long as with x264's assembly, about 0.2 s instead of 0.11 s on a 2-core AMD
+      EPYC (``benchmarks/bench_synthetic.py``).
     * audio: FFmpeg's native AAC encoder has no plain-C switch, but the SIMD code it runs is chosen the same way
       on all these CPUs: its float DSP and transforms have SSE, AVX, AVX2 and FMA3 versions and none for AVX-512,
       and the one choice that differs between them (the FFT's AVX2 split-radix is skipped on CPUs with slow
