@@ -62,7 +62,8 @@ START_DECIMALS = 3  # sampled start times are rounded to a millisecond
 EVAL_BATCH = 32
 LOGIT_DRIFT_REL = 1e-5
 """How far the logits of one window move, relative to its largest |logit|, when the same model and input run on
-another kind of CPU (other BLAS kernels) or on CUDA."""
+another kind of CPU (other BLAS kernels) or on CUDA: about this much, as observed between AMD (AVX2) and Intel
+(AVX-512) machines and on CUDA for these models."""
 MARGIN_SAFETY = 100  # a window's top-1 is trusted when its margin exceeds this many times the possible drift
 MARGIN_DECIMALS = 4  # margins and the logit scale in the record (far below any tolerance)
 TRAIN_SEGMENT_CHUNK = 10**6  # run all segments of a batch in one visual forward (memory is no issue here)
