@@ -21,7 +21,8 @@ Distractors, weaker or rarer than the paired events, keep either stream alone fr
 
 :func:`render` returns the raw arrays, :func:`make_clip` renders and encodes one file plus a JSON sidecar
 (``clip.mp4`` -> ``clip.events.json``), :func:`write_dataset` writes many clips and a ``manifest.csv``.
-The same seed always gives the same decoded frames and samples (x264 and the AAC encoder run single-threaded).
+The same seed always gives the same file, byte for byte, on every run and every x86-64 CPU with AVX2 and FMA3
+(see :func:`write_mp4`).
 """
 
 from __future__ import annotations
@@ -122,11 +123,17 @@ AUDIO_NOISE_SMOOTHING = 0.6  # one-pole low-pass coefficient (a slightly dull hi
 AUDIO_NOISE_TAPS = 16  # truncated impulse response of that low-pass
 PEAK_LIMIT = 0.95
 
-# Encoding.
+# Encoding (see write_mp4 for why these give the same bytes on every run and CPU).
 VIDEO_CODEC = "libx264"
 VIDEO_PIX_FMT = "yuv420p"
-VIDEO_OPTIONS = {"crf": "12", "preset": "veryfast", "threads": "1"}  # near-lossless; flashes survive
+# crf 12: near-lossless, flashes survive; asm=0: x264's plain C code, the same instructions on every CPU
+VIDEO_OPTIONS = {"crf": "12", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
 GOP_SEC = 2
+# RGB -> Y'CbCr: ITU-R BT.601 weights, limited ("TV") range as swscale's default, in fixed point
+BT601_KR, BT601_KB = 0.299, 0.114
+LUMA_BLACK, LUMA_SPAN = 16, 219  # Y' = 16 + 219 * luma: black 16, white 235
+CHROMA_ZERO, CHROMA_SPAN = 128, 224  # Cb, Cr = 128 + 224 * colour difference in [-1/2, 1/2]: 16..240
+YUV_FRACTION_BITS = 16
 AUDIO_CODEC = "aac"
 AUDIO_BIT_RATE = 96_000
 AUDIO_OPTIONS = {"aac_coder": "fast"}  # 3x faster than the default "twoloop" and cleaner on these sounds
@@ -726,51 +733,123 @@ def render(
     return frames, audio, _clip_info(scene, seed, None)
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
-    """Encode ``frames`` uint8 (T, H, W, 3) RGB and ``audio`` float32 (N,) mono into an H.264 + AAC ``.mp4``.
+def _bt601_matrix() -> np.ndarray:
+    """(3, 3) int64 fixed-point weights (rows Y', Cb, Cr; columns R, G, B; scale 2**YUV_FRACTION_BITS per unit of
+    8-bit input). Green takes the rounding remainder, so each row sums exactly: every grey has Cb = Cr = 128 and
+    white has Y' = 235."""
+    one = 1 << YUV_FRACTION_BITS
+    kr, kb = BT601_KR, BT601_KB
+    kg = 1.0 - kr - kb
+    luma = np.array([kr, kg, kb]) * LUMA_SPAN / 255
+    cb = np.array([-kr, -kg, 1.0 - kb]) / (2 * (1.0 - kb)) * CHROMA_SPAN / 255
+    cr = np.array([1.0 - kr, -kg, -kb]) / (2 * (1.0 - kr)) * CHROMA_SPAN / 255
+    m = np.round(np.stack([luma, cb, cr]) * one).astype(np.int64)
+    m[0, 1] = round(LUMA_SPAN / 255 * one) - m[0, 0] - m[0, 2]
+    m[1:, 1] = -(m[1:, 0] + m[1:, 2])
+    return m
 
-    Packets are interleaved (audio up to the end of each frame); both encoders run single-threaded, so the
-    output is deterministic. The AAC encoder's priming samples are marked in the file (edit list), so a decoder
-    such as PyAV returns sample 0 at pts 0.
+
+BT601_MATRIX = _bt601_matrix()
+
+
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """RGB frames uint8 (T, H, W, 3), H and W even -> yuv420p frames uint8 (T, 3H/2, W), in integers only.
+
+    Each frame is the Y' plane (H, W) followed by the Cb and Cr planes (H/2, W/2 each), as PyAV's
+    ``VideoFrame.from_ndarray(..., format="yuv420p")`` takes them. BT.601 limited range (swscale's default for
+    RGB input); a chroma sample is the rounded mean over its 2x2 block of pixels. Fixed-point integer arithmetic,
+    rounded half up: the same numbers on every machine (swscale's converters are SIMD code chosen per CPU).
     """
+    t, h, w, _ = frames.shape
+    rgb = frames.astype(np.int32)
+    shift = YUV_FRACTION_BITS
+    m = BT601_MATRIX.astype(np.int32)
+    luma = LUMA_BLACK + ((rgb @ m[0] + (1 << (shift - 1))) >> shift)  # (T, H, W)
+    block = rgb.reshape(t, h // 2, 2, w // 2, 2, 3).sum(axis=(2, 4))  # (T, H/2, W/2, 3): 4 pixels each
+    chroma = [CHROMA_ZERO + ((block @ m[i] + (1 << (shift + 1))) >> (shift + 2)) for i in (1, 2)]
+    out = np.empty((t, h * 3 // 2, w), dtype=np.uint8)
+    out[:, :h] = luma
+    flat = out.reshape(t, -1)
+    quarter = h * w // 4
+    flat[:, h * w : h * w + quarter] = chroma[0].reshape(t, -1)
+    flat[:, h * w + quarter :] = chroma[1].reshape(t, -1)
+    return out
+
+
+def _encode(path: str | Path, n_frames: int, picture: Callable[[int], "av.VideoFrame"],
+            sound: Callable[[int, int], np.ndarray], n_samples: int, size: tuple[int, int], fps: int, sample_rate: int,
+            video_options: dict[str, str]) -> None:
+    """Write an H.264 + AAC ``.mp4`` of ``n_frames`` pictures (``picture(i)``: frame ``i`` as a yuv420p
+    ``av.VideoFrame`` of ``size`` (w, h)) and ``n_samples`` mono samples (``sound(start, end)``: float32
+    (end - start,)). Packets are interleaved: after each frame, the audio up to that frame's end in whole
+    :data:`AUDIO_CHUNK` blocks."""
     import av  # local import: PyAV is heavy and only needed here
 
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise SyntheticError(f"frames must be uint8 (T, H, W, 3) with even H and W, got shape {frames.shape}")
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     per_frame = sample_rate / fps
+    audio_tb, video_tb = Fraction(1, sample_rate), Fraction(1, fps)
     with av.open(str(path), mode="w", format="mp4") as container:
-        video = container.add_stream(VIDEO_CODEC, rate=fps, options=dict(VIDEO_OPTIONS))
-        video.width, video.height = frames.shape[2], frames.shape[1]
+        video = container.add_stream(VIDEO_CODEC, rate=fps, options=dict(video_options))
+        video.width, video.height = size
         video.pix_fmt = VIDEO_PIX_FMT
         video.codec_context.gop_size = GOP_SEC * fps
-        video.codec_context.thread_count = 1
-        sound = container.add_stream(AUDIO_CODEC, rate=sample_rate, layout="mono", options=dict(AUDIO_OPTIONS))
-        sound.bit_rate = AUDIO_BIT_RATE
-        sound.codec_context.thread_count = 1
-        audio_tb = Fraction(1, sample_rate)
+        aac = container.add_stream(AUDIO_CODEC, rate=sample_rate, layout="mono", options=dict(AUDIO_OPTIONS))
+        aac.bit_rate = AUDIO_BIT_RATE
         written = 0
 
         def encode_audio_until(end: int) -> None:
             nonlocal written
             while written < end:
-                chunk = audio[written : min(written + AUDIO_CHUNK, len(audio))]
-                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+                stop = min(written + AUDIO_CHUNK, end)
+                frame = av.AudioFrame.from_ndarray(sound(written, stop)[None, :], format="fltp", layout="mono")
                 frame.sample_rate, frame.pts, frame.time_base = sample_rate, written, audio_tb
-                container.mux(sound.encode(frame))
-                written += len(chunk)
+                container.mux(aac.encode(frame))
+                written = stop
 
-        video_tb = Fraction(1, fps)
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        for i in range(n_frames):
+            frame = picture(i)
             frame.pts, frame.time_base = i, video_tb
             container.mux(video.encode(frame))
-            whole_chunks = int((i + 1) * per_frame) // AUDIO_CHUNK * AUDIO_CHUNK
-            encode_audio_until(min(len(audio), whole_chunks))
+            encode_audio_until(min(n_samples, int((i + 1) * per_frame) // AUDIO_CHUNK * AUDIO_CHUNK))
         container.mux(video.encode())
-        encode_audio_until(len(audio))
-        container.mux(sound.encode())
+        encode_audio_until(n_samples)
+        container.mux(aac.encode())
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int) -> None:
+    """Encode ``frames`` uint8 (T, H, W, 3) RGB and ``audio`` float32 (N,) mono into an H.264 + AAC ``.mp4``.
+
+    The same inputs give the same file, byte for byte, on every run and on every x86-64 CPU with AVX2 and FMA3
+    (Intel since Haswell, AMD since Zen; with or without AVX-512), given the same PyAV wheel (its FFmpeg and x264
+    builds) and glibc:
+
+    * video: the frames are converted to yuv420p here, in integers (:func:`rgb_to_yuv420p`), not by swscale;
+      x264 runs single-threaded on its plain C code (``asm=0``). Its assembly is not bit-identical to the C code
+      (float code such as the macroblock-tree propagation has AVX2 and AVX-512 versions that round differently),
+      and with it, two encodes of the same frames in one process could differ (measured: the output depended on
+      what the heap held before). The C code is the same instructions on every CPU; the glibc maths it calls
+      (exp, log, pow) is its FMA variant on all these CPUs. Cost: encoding a default clip (10 s at 64x64, 250
+      frames) takes about 1.8x as long as with x264's assembly, about 0.2 s instead of 0.11 s on a 2-core AMD
+      EPYC (``benchmarks/bench_synthetic.py``).
+    * audio: FFmpeg's native AAC encoder has no plain-C switch, but the SIMD code it runs is chosen the same way
+      on all these CPUs: its float DSP and transforms have SSE, AVX, AVX2 and FMA3 versions and none for AVX-512,
+      and the one choice that differs between them (the FFT's AVX2 split-radix is skipped on CPUs with slow
+      gathers: AMD Zen 1-4, Intel before Ice Lake) swaps two versions whose arithmetic is the same FMA3 code
+      (they differ in how they load the input only). Older CPUs without AVX2/FMA3 may give other AAC bytes.
+
+    Both encoders run single-threaded. Packets are interleaved (audio up to the end of each frame). The AAC
+    encoder's priming samples are marked in the file (edit list), so a decoder such as PyAV returns sample 0 at
+    pts 0.
+    """
+    import av
+
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise SyntheticError(f"frames must be uint8 (T, H, W, 3) with even H and W, got shape {frames.shape}")
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    yuv = rgb_to_yuv420p(frames)
+    _encode(path, len(frames), lambda i: av.VideoFrame.from_ndarray(yuv[i], format=VIDEO_PIX_FMT),
+            lambda start, end: audio[start:end], len(audio), (frames.shape[2], frames.shape[1]), fps, sample_rate,
+            VIDEO_OPTIONS)
 
 
 def write_looped_mp4(
@@ -789,47 +868,41 @@ def write_looped_mp4(
     played in a loop for ``duration_sec`` into an H.264 + AAC ``.mp4``, frame by frame: memory stays that of the
     loop, whatever the duration (no :data:`MAX_DURATION_SEC` limit). For long-video tests and benchmarks.
 
-    ``frame_size`` (w, h): each frame is scaled (bicubic) to it before encoding (e.g. (1920, 1080), to measure
-    decoding cost); ``video_options`` replace :data:`VIDEO_OPTIONS` (e.g. more x264 threads for large frames).
+    With the defaults the file is written as :func:`write_mp4` writes (the same bytes on every run and CPU).
+    ``frame_size`` (w, h): each frame is scaled (swscale, bicubic) to it before encoding (e.g. (1920, 1080), to
+    measure decoding cost); ``video_options`` replace :data:`VIDEO_OPTIONS` (e.g. x264's assembly and threads for
+    large frames). Either gives up the byte-for-byte guarantee (swscale's and x264's SIMD code vary by CPU).
     """
     import av
     from tqdm.auto import tqdm
 
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise SyntheticError(f"frames must be uint8 (T, H, W, 3) with even H and W, got shape {frames.shape}")
     width, height = frame_size or (frames.shape[2], frames.shape[1])
-    if frames.ndim != 4 or frames.shape[-1] != 3 or width % 2 or height % 2:
-        raise SyntheticError(f"frames must be uint8 (T, H, W, 3) with an even output size, got {frames.shape} -> {width}x{height}")
+    if width % 2 or height % 2:
+        raise SyntheticError(f"frame_size must have even sides (H.264 yuv420p), got {width}x{height}")
     n_frames = int(round(duration_sec * fps))
-    per_frame = sample_rate / fps
-    n_samples = int(round(n_frames * per_frame))
-    with av.open(str(path), mode="w", format="mp4") as container:
-        video = container.add_stream(VIDEO_CODEC, rate=fps, options=dict(video_options or VIDEO_OPTIONS))
-        video.width, video.height, video.pix_fmt = width, height, VIDEO_PIX_FMT
-        video.codec_context.gop_size = GOP_SEC * fps
-        sound = container.add_stream(AUDIO_CODEC, rate=sample_rate, layout="mono", options=dict(AUDIO_OPTIONS))
-        sound.bit_rate = AUDIO_BIT_RATE
-        written = 0
+    n_samples = int(round(n_frames * sample_rate / fps))
+    yuv = rgb_to_yuv420p(frames)  # the loop's frames, converted once
+    bar = tqdm(total=n_frames, desc="writing looped clip", unit="frame", disable=not progress)
 
-        def encode_audio_until(end: int) -> None:
-            nonlocal written
-            while written < end:
-                idx = np.arange(written, min(written + AUDIO_CHUNK, end)) % len(audio)
-                frame = av.AudioFrame.from_ndarray(audio[idx][None, :], format="fltp", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = sample_rate, written, Fraction(1, sample_rate)
-                container.mux(sound.encode(frame))
-                written += len(idx)
+    def picture(i: int) -> "av.VideoFrame":
+        bar.update()
+        frame = av.VideoFrame.from_ndarray(yuv[i % len(yuv)], format=VIDEO_PIX_FMT)
+        if frame_size is not None:
+            frame = frame.reformat(width=width, height=height, interpolation="BICUBIC")
+        return frame
 
-        for i in tqdm(range(n_frames), desc="writing looped clip", unit="frame", disable=not progress):
-            frame = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
-            if frame_size is not None:
-                frame = frame.reformat(width=width, height=height, format=VIDEO_PIX_FMT, interpolation="BICUBIC")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            container.mux(video.encode(frame))
-            encode_audio_until(min(n_samples, int((i + 1) * per_frame) // AUDIO_CHUNK * AUDIO_CHUNK))
-        container.mux(video.encode())
-        encode_audio_until(n_samples)
-        container.mux(sound.encode())
+    def sound(start: int, end: int) -> np.ndarray:
+        return audio[np.arange(start, end) % len(audio)]
+
+    try:
+        _encode(path, n_frames, picture, sound, n_samples, (width, height), fps, sample_rate,
+                video_options or VIDEO_OPTIONS)
+    finally:
+        bar.close()
     return Path(path)
 
 

@@ -60,6 +60,12 @@ MAX_TRAIN_CLIPS = EVAL_INDEX0
 START_MARGIN_SEC = 1e-3  # keeps sampled windows clear of the clip ends despite float rounding
 START_DECIMALS = 3  # sampled start times are rounded to a millisecond
 EVAL_BATCH = 32
+LOGIT_DRIFT_REL = 1e-5
+"""How far the logits of one window move, relative to its largest |logit|, when the same model and input run on
+another kind of CPU (other BLAS kernels) or on CUDA: about this much, as observed between AMD (AVX2) and Intel
+(AVX-512) machines and on CUDA for these models."""
+MARGIN_SAFETY = 100  # a window's top-1 is trusted when its margin exceeds this many times the possible drift
+MARGIN_DECIMALS = 4  # margins and the logit scale in the record (far below any tolerance)
 TRAIN_SEGMENT_CHUNK = 10**6  # run all segments of a batch in one visual forward (memory is no issue here)
 
 
@@ -363,17 +369,17 @@ def augment_clips(clips: Sequence[Decoded], specs: Sequence[WindowSpec], names: 
 
 
 @torch.no_grad()
-def predict_windows(model: Synchformer, clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config,
-                    batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Top-1 class for each window, int (n,); the model is put in eval mode for the call."""
+def window_logits(model: Synchformer, clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config,
+                  batch_size: int = EVAL_BATCH) -> np.ndarray:
+    """Logits of each window, float32 (n, classes); the model is put in eval mode for the call."""
     was_training = model.training
     model.eval()
     try:
-        preds = []
+        out = []
         for i in range(0, len(specs), batch_size):
             b = make_batch(clips, specs[i : i + batch_size], cfg)
-            preds.append(model(b.vid, b.aud).argmax(-1).numpy())
-        return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+            out.append(model(b.vid, b.aud).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, cfg.sync.num_classes), dtype=np.float32)
     finally:
         model.train(was_training)
 
@@ -384,17 +390,82 @@ def accuracy(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"acc1": float(np.mean(pred == target)), "acc1_pm1": float(np.mean(np.abs(pred - target) <= 1))}
 
 
+def top_margins(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit of each row of ``logits`` (n, classes), float64 (n,) >= 0; a continuous function
+    of the logits (it goes through 0 where the top two swap)."""
+    top2 = np.sort(np.asarray(logits, dtype=np.float64), axis=-1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def margin_tolerance(logit_scale: float) -> float:
+    """How far a window's top-1 minus top-2 margin may move when the same model runs on another machine:
+    each logit moves by up to :data:`LOGIT_DRIFT_REL` x ``logit_scale`` (the largest |logit|), the margin by
+    twice that; :data:`MARGIN_SAFETY` times this. A window whose margin is below it may flip its top-1 class."""
+    return 2 * MARGIN_SAFETY * LOGIT_DRIFT_REL * float(logit_scale)
+
+
+def window_record(logits: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    """Per-window results of an evaluation, compact for the JSON record: ``target``, ``pred`` (space-separated
+    ints), ``margin`` (top-1 minus top-2 logit, space-separated, :data:`MARGIN_DECIMALS` decimals),
+    ``logit_scale`` (largest |logit|) and the ``margin_tol`` it gives (:func:`margin_tolerance`)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    scale = round(float(np.abs(logits).max()), MARGIN_DECIMALS) if logits.size else 0.0
+    return {"logit_scale": scale, "margin_tol": round(margin_tolerance(scale), 2 * MARGIN_DECIMALS),
+            "target": " ".join(str(int(t)) for t in target),
+            "pred": " ".join(str(int(c)) for c in logits.argmax(-1)),
+            "margin": " ".join(f"{m:.{MARGIN_DECIMALS}f}" for m in top_margins(logits))}
+
+
+def parse_window_record(rec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of the per-window part of :func:`window_record`: int arrays ``target``, ``pred`` and float
+    ``margin``, all (n,)."""
+    try:
+        out = {k: np.array(rec[k].split(), dtype=np.int64) for k in ("target", "pred")}
+        out["margin"] = np.array(rec["margin"].split(), dtype=np.float64)
+    except (KeyError, AttributeError, ValueError) as e:
+        raise TrainError(f"the per-window evaluation record is missing or malformed ({e!r}); re-measure it with "
+                         "scripts/eval_tiny.py --write-record") from None
+    if not len(out["target"]) == len(out["pred"]) == len(out["margin"]):
+        raise TrainError("the per-window evaluation record has fields of different lengths; re-measure it")
+    return out
+
+
+def compare_windows(recorded: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    """Differences between a recorded per-window evaluation and a fresh one of the same windows (both as
+    :func:`window_record` writes them), beyond what another machine's rounding explains; [] when they agree.
+
+    With ``tol`` the recorded ``margin_tol``: every window whose recorded margin is above ``tol`` must predict
+    the recorded class (below it the top two may swap), and every margin must be within ``tol`` of the recorded
+    one. So the acc@1 (and acc@1 +-1) counts equal the recorded ones up to the number of windows below ``tol``."""
+    rec, new = parse_window_record(recorded), parse_window_record(fresh)
+    tol = float(recorded["margin_tol"])
+    if not np.array_equal(rec["target"], new["target"]):
+        return ["the windows differ (other offsets): the evaluation seed or the window sampling changed"]
+    problems = []
+    sure = rec["margin"] > tol
+    for i in np.flatnonzero(sure & (rec["pred"] != new["pred"])):
+        problems.append(f"window {i}: class {new['pred'][i]} instead of {rec['pred'][i]} "
+                        f"(recorded margin {rec['margin'][i]:.4f} > tolerance {tol:.4f})")
+    moved = np.abs(new["margin"] - rec["margin"]) > tol
+    for i in np.flatnonzero(moved):
+        problems.append(f"window {i}: margin {new['margin'][i]:.4f} instead of {rec['margin'][i]:.4f} "
+                        f"(tolerance {tol:.4f})")
+    return problems
+
+
 def evaluate(model: Synchformer, decoded_clips: Sequence[Decoded], cfg: Config | str, n_windows: int, seed: int,
              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
     """Accuracy on ``n_windows`` random windows of ``decoded_clips`` (clips taken in turn, random grid offsets
-    and start times from ``seed``). Returns ``{"acc1", "acc1_pm1", "n_windows", "n_clips", "seed"}``."""
+    and start times from ``seed``). Returns ``{"acc1", "acc1_pm1", "n_windows", "n_clips", "seed"}`` and the
+    per-window results of :func:`window_record`."""
     cfg = load_config(cfg)
     rng = np.random.default_rng(seed)
     order = np.arange(n_windows) % len(decoded_clips)
     specs = sample_windows(rng, decoded_clips, n_windows, cfg, clip_order=order)
-    pred = predict_windows(model, decoded_clips, specs, cfg, batch_size)
-    return {**accuracy(pred, np.array([s.target for s in specs])), "n_windows": int(n_windows),
-            "n_clips": len(decoded_clips), "seed": int(seed)}
+    logits = window_logits(model, decoded_clips, specs, cfg, batch_size)
+    target = np.array([s.target for s in specs], dtype=np.int64)
+    return {**accuracy(logits.argmax(-1), target), "n_windows": int(n_windows), "n_clips": len(decoded_clips),
+            "seed": int(seed), **window_record(logits, target)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -813,8 +884,9 @@ def train_tiny(
 
     ``overrides`` are :class:`TrainSettings` fields (``steps``, ``n_train_clips``, ``lr``, ...). ``out_path=None``
     writes nothing. ``callback`` receives every learning-curve point as it is measured. Returns the record:
-    settings, held-out accuracy (``metrics``), the learning curve (``curve``: step, loss, train_acc, lr and, at
-    evaluation steps, held-out acc1/acc1_pm1), timings, machine, and ``command`` to reproduce the run. The
+    settings, held-out accuracy (``metrics``) and the final evaluation window by window (``heldout_eval``, see
+    :func:`evaluate`), the learning curve (``curve``: step, loss, train_acc, lr and, at evaluation steps,
+    held-out acc1/acc1_pm1), timings, machine, and ``command`` to reproduce the run. The
     trained model is under the key ``"model"`` of the returned dict (not written to the JSON file).
     """
     unknown = set(overrides) - set(TrainSettings.__dataclass_fields__)
@@ -835,8 +907,7 @@ def train_tiny(
                                  desc="held-out clips")
         t_data = time.perf_counter() - t0
 
-        model, curve, t_train = fit(cfg, train_clips, eval_clips, s, progress=progress, callback=callback)
-        final = curve[-1]
+        model, curve, t_train, final = fit(cfg, train_clips, eval_clips, s, progress=progress, callback=callback)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -856,6 +927,7 @@ def train_tiny(
         "metrics": {"heldout_acc1": final["acc1"], "heldout_acc1_pm1": final["acc1_pm1"],
                     "heldout_windows": s.n_eval_windows, "heldout_clips": s.n_eval_clips,
                     "heldout_eval_seed": eval_seed(s.seed)},
+        "heldout_eval": final,
         "curve": curve,
         "wall_time_sec": round(wall, 1),
         "data_time_sec": round(t_data, 1),
@@ -881,8 +953,9 @@ def fit(
     *,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
-) -> tuple[Synchformer, list[dict], float]:
-    """Build a fresh model and train it on decoded clips; returns (model in eval mode, curve, seconds).
+) -> tuple[Synchformer, list[dict], float, dict[str, Any]]:
+    """Build a fresh model and train it on decoded clips; returns (model in eval mode, curve, seconds, the final
+    held-out evaluation as :func:`evaluate` returns it).
 
     The curve has one point per step; every ``eval_every`` steps (and at the last one, on ``n_eval_windows``
     windows) it also holds the held-out accuracy.
@@ -943,7 +1016,7 @@ def fit(
         handle.remove()
     model.requires_grad_(True)
     model.segment_chunk = inference_chunk
-    return model.eval(), curve, time.perf_counter() - t0
+    return model.eval(), curve, time.perf_counter() - t0, res
 
 
 def write_outputs(out_path: str | Path, model: Synchformer, cfg: Config, record: dict[str, Any]) -> tuple[Path, Path]:

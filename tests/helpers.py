@@ -1,4 +1,4 @@
-"""Test utilities: a static file server on 127.0.0.1 and writers of odd media files."""
+"""Test utilities: a static file server on 127.0.0.1, writers of odd media files, a heap scribbler."""
 
 from __future__ import annotations
 
@@ -194,3 +194,12 @@ def write_av(
         audio_start_sec=first / sample_rate,
         **encoding,
     )
+
+
+def scribble_on_the_heap(seed: int) -> None:
+    """Allocate and free 2000 blocks of 64 B - 20 KB (frame-buffer sizes of small clips) filled with a byte
+    pattern: memory that code allocates next holds this garbage rather than what it held before. Code that
+    reads memory it never wrote (x264's assembly did) then gives other results."""
+    rng = np.random.default_rng(seed)
+    blocks = [bytes([int(v)]) * int(n) for v, n in zip(rng.integers(1, 256, 2000), rng.integers(64, 20_000, 2000))]
+    del blocks
