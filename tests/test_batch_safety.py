@@ -104,6 +104,14 @@ def test_run_notebook_refuses_parameter_names_it_does_not_declare(tmp_path, name
     assert not marker.exists() and not (tmp_path / "out" / "record_params.ipynb").exists()
 
 
+def test_shipped_notebooks_take_no_output_path_from_a_manifest(tmp_path):
+    """A shipped notebook writes its files next to its report only: no parameter names a path to write to."""
+    with pytest.raises(InvalidArgumentError, match="no parameter .out_csv."):
+        run_notebook("offset_sweep", tmp_path / "out", {"out_csv": str(tmp_path.parent / "elsewhere.csv")},
+                     progress=False)
+    assert not (tmp_path / "out" / "offset_sweep.ipynb").exists()
+
+
 class EvilFloat(float):
     """A float that prints as code: papermill writes floats with ``f"{value}"``."""
 
