@@ -737,7 +737,8 @@ def _how_to_fix(ckpt_id: str) -> str:
     return (
         f"To download from another server, set {ENV_MIRROR} to a base URL that serves {{id}}/{{file}} "
         f"(now: {os.environ.get(ENV_MIRROR) or 'unset'}); or download {ckpt_id}.pt yourself and pass its path "
-        f"instead of the id."
+        f"instead of the id. To try synchlib without it, use the small model that ships with it: "
+        f"--checkpoint tiny-synthetic (load_model('tiny-synthetic'))."
     )
 
 

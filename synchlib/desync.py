@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import avbench
+from . import avbench, checks
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
 from .io import _check_readable, iter_audio, iter_video, read_audio
@@ -67,6 +67,7 @@ DEFAULT_CHECKPOINT = "24-01-04T16-39-21"  # the model av-benchmark uses
 PROTOCOLS = ("synchformer", "av-benchmark")
 DEFAULT_PROTOCOL = "synchformer"
 DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))  # the CLI's decoding processes (one core left to the model)
+MAX_WORKERS = 64  # decoding processes at most (each holds a pair's decoded inputs)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Geometry
@@ -161,6 +162,12 @@ def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise InvalidArgumentError(f"protocol must be one of {', '.join(map(repr, PROTOCOLS))}, got {protocol!r}")
     return protocol
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` (decoding processes, 0: decode in this process) when it is a whole number from 0 to
+    :data:`MAX_WORKERS`; else :class:`InvalidArgumentError`."""
+    return checks.integer("workers", workers, low=0, high=MAX_WORKERS)
 
 
 def _scored_row(
@@ -536,6 +543,7 @@ def desync(
     """
     check_protocol(protocol)
     precision, batch_size = check_precision(precision), check_batch_size(batch_size)
+    workers = check_workers(workers)
     items = _items(source, audio_dir)
     csv_path = None if csv_path is None else Path(csv_path)
     reused = reusable_rows(items, csv_path, protocol)
@@ -612,6 +620,7 @@ def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) ->
     resolve_device(args.device)
     check_precision(args.precision)
     check_batch_size(args.batch_size)
+    check_workers(getattr(args, "workers", 0))
     protocol = getattr(args, "protocol", DEFAULT_PROTOCOL)
     items = desync_items(args.source, getattr(args, "audio_dir", None))  # fail fast, before loading a model
     todo = pairs_to_compute(items, args.csv, protocol)

@@ -82,6 +82,8 @@ BAD_CLI = [
     (["desync", "synchlib/assets/samples", "--batch-size", "-1"], "batch_size"),
     (["desync", "synchlib/assets/samples", "--batch-size", str(MAX_BATCH_SIZE + 1)], str(MAX_BATCH_SIZE)),
     (["desync", "synchlib/assets/samples", "--device", "tpu"], "device"),
+    (["desync", "synchlib/assets/samples", "--workers", "-1"], "workers"),
+    (["desync", "synchlib/assets/samples", "--workers", "100000"], "workers"),
 ]
 
 
@@ -271,6 +273,8 @@ def test_desync_refuses_a_bad_batch_size_instead_of_failing_every_clip(model):
         desync(model, items, batch_size=0, progress=False)
     with pytest.raises(InvalidArgumentError, match="precision"):
         desync(model, items, precision="fp64", progress=False)
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        desync(model, items, workers=-1, progress=False)
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         clip_desync(model, items[0][0], batch_size=-2)
 

@@ -213,6 +213,7 @@ def test_silent_server_is_given_up_on_with_a_message(env: Path, silent_url: str,
     message = str(error)
     assert f"no answer from {host} within 2 s" in message and "after 2 attempt" in message
     assert "SYNCHLIB_MIRROR" in message and "pass its path" in message  # what to do
+    assert "--checkpoint tiny-synthetic" in message  # and how to go on offline
     assert f"waiting for {host}" in capsys.readouterr().err  # said while it waited
     assert leftovers(env) == []
 
