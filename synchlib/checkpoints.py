@@ -241,12 +241,15 @@ def cache_dir() -> Path:
         import pooch
 
         path = Path(pooch.os_cache("synchlib"))
+    return _make_folder(path, "the synchlib cache folder")
+
+
+def _make_folder(path: Path, what: str) -> Path:
+    """``path``, created with its parents if needed; a :class:`CheckpointError` saying what to do if it cannot be."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot create the synchlib cache folder {path}: {e}. Set {ENV_CACHE} to a writable folder."
-        ) from None
+        raise CheckpointError(f"cannot create {what} {path}: {e}. Set {ENV_CACHE} to a writable folder.") from None
     return path
 
 
@@ -668,14 +671,7 @@ def _partial_files(dest: Path) -> list[Path]:
 
 
 def _lock_dir(root: Path, *sub: str) -> Path:
-    path = root.joinpath(_LOCKS, *sub)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot create the lock folder {path}: {e}. Set {ENV_CACHE} to a writable folder."
-        ) from None
-    return path
+    return _make_folder(root.joinpath(_LOCKS, *sub), "the lock folder")
 
 
 @contextmanager
