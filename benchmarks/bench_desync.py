@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, default=desync.DEFAULT_WORKERS)
+    ap.add_argument("--workers", type=int, default=1, help="decoding processes in the pipeline")
     ap.add_argument("--batch-size", type=int, default=48, help="segments per extractor call in the pipeline")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     args = ap.parse_args()

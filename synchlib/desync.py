@@ -66,7 +66,9 @@ DEFAULT_CSV = "desync.csv"
 DEFAULT_CHECKPOINT = "24-01-04T16-39-21"  # the model av-benchmark uses
 PROTOCOLS = ("synchformer", "av-benchmark")
 DEFAULT_PROTOCOL = "synchformer"
-DEFAULT_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))  # the CLI's decoding processes (one core left to the model)
+# Decoding processes the CLI starts by default on a GPU (one core left to feed it). On a CPU the model needs the cores
+# itself: on 2 cores one decoding process made the pipeline slower (x0.62, benchmarks/bench_desync.py), so none.
+GPU_WORKERS = min(4, max(0, (os.cpu_count() or 1) - 1))
 MAX_WORKERS = 64  # decoding processes at most (each holds a pair's decoded inputs)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,6 +170,11 @@ def check_workers(workers: int) -> int:
     """``workers`` (decoding processes, 0: decode in this process) when it is a whole number from 0 to
     :data:`MAX_WORKERS`; else :class:`InvalidArgumentError`."""
     return checks.integer("workers", workers, low=0, high=MAX_WORKERS)
+
+
+def default_workers(device: str) -> int:
+    """Decoding processes for ``device``: :data:`GPU_WORKERS` on a GPU, 0 on the CPU."""
+    return GPU_WORKERS if resolve_device(device).type == "cuda" else 0
 
 
 def _scored_row(
@@ -605,8 +612,9 @@ def add_desync_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="segments per extractor call (in av-benchmark mode several pairs share a call: "
                              "try 96 on a GPU)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help=f"processes decoding ahead in av-benchmark mode (default {DEFAULT_WORKERS}; 0: none)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"processes decoding ahead in av-benchmark mode (0: none; default: {GPU_WORKERS} on a "
+                             "GPU, 0 on the CPU, where the model needs the cores)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     return parser
 
@@ -620,13 +628,14 @@ def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) ->
     resolve_device(args.device)
     check_precision(args.precision)
     check_batch_size(args.batch_size)
-    check_workers(getattr(args, "workers", 0))
+    workers = getattr(args, "workers", None)
+    workers = check_workers(default_workers(args.device) if workers is None else workers)
     protocol = getattr(args, "protocol", DEFAULT_PROTOCOL)
     items = desync_items(args.source, getattr(args, "audio_dir", None))  # fail fast, before loading a model
     todo = pairs_to_compute(items, args.csv, protocol)
     model = load_model(args.checkpoint, device=args.device) if todo else None  # a finished table needs none
     _, summary = desync(model, items, csv_path=args.csv, precision=args.precision, batch_size=args.batch_size,
                         progress=getattr(args, "progress", True), protocol=protocol,
-                        workers=getattr(args, "workers", 0))
+                        workers=workers)
     echo(json.dumps({**summary, "csv": str(args.csv)}))
     return 0 if summary["n"] else 1
