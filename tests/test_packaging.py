@@ -8,6 +8,9 @@ packages through a ``.pth`` file, so only synchlib itself is installed there."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -104,3 +107,46 @@ def test_editable_install_finds_the_notebooks_in_the_checkout(tmp_path):
     code = "import importlib.resources as r; print(r.files('synchlib.notebooks') / 'demo.ipynb')"
     found = _run([str(python), "-c", code], cwd=tmp_path, env=_clean_env()).stdout.strip()
     assert Path(found) == src / "notebooks" / "demo.ipynb"
+
+
+# ---- the notebooks' install cell ---------------------------------------------------------------------------------
+
+INSTALL_TAG = "install"
+
+
+def _install_cell(notebook: Path) -> str:
+    cells = [c for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    assert INSTALL_TAG in cells[0]["metadata"].get("tags", []), f"{notebook.name}: the first code cell is not tagged"
+    return "".join(cells[0]["source"])
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "notebooks").glob("*.ipynb")) +
+                         sorted((REPO / "tests" / "notebooks").glob("*.ipynb")), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_notebook_and_golden_has_the_same_tagged_install_cell(notebook):
+    assert _install_cell(notebook) == _install_cell(REPO / "notebooks" / "demo.ipynb")
+
+
+def test_install_cell_in_a_local_clone_uses_the_clone_without_installing():
+    """Run with ``-S`` (no site-packages: synchlib, pip and everything else are missing) from the clone's
+    notebooks/ folder: the cell must put the clone on sys.path and run nothing (pip is absent, so any call fails)."""
+    code = (_install_cell(REPO / "notebooks" / "demo.ipynb")
+            + "\nimport importlib.util; print(importlib.util.find_spec('synchlib').origin)")
+    done = _run([sys.executable, "-S", "-c", code], cwd=REPO / "notebooks", env=_clean_env())
+    assert Path(done.stdout.strip()) == REPO / "synchlib" / "__init__.py"
+
+
+def test_install_cell_elsewhere_installs_only_what_is_missing_and_keeps_torch_numpy_ipywidgets(tmp_path,
+                                                                                               monkeypatch):
+    """As in Colab: synchlib and PyAV missing, torch/numpy/ipywidgets installed (versions made up here)."""
+    missing = {"synchlib", "av", "yaml"}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: {"torch": "2.8.0+cu126", "numpy": "2.0.2",
+                                                                     "ipywidgets": "7.7.1"}[dist])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.chdir(tmp_path)  # not a clone
+    exec(_install_cell(REPO / "notebooks" / "demo.ipynb"), {})
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    assert calls == [pip + ["--no-deps", "synchlib @ git+https://github.com/synchlib/synchlib"],
+                     pip + ["av", "pyyaml", "torch==2.8.0+cu126", "numpy==2.0.2", "ipywidgets==7.7.1"]]
