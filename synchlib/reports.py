@@ -22,6 +22,7 @@ import argparse
 import csv
 import hashlib
 import html
+import importlib.resources
 import io
 import json
 import multiprocessing
@@ -43,7 +44,7 @@ from . import nbparams
 from .errors import InvalidArgumentError, SynchlibError
 from .synthetic import MANIFEST_COLUMNS
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_PACKAGE = "synchlib.notebooks"  # the repository's notebooks/ folder, installed as this package
 STATUS_FILE = "status.json"
 RESULT_FILE = "result.json"  # notebooks may write their key numbers here (``synchlib.reports.save_result``)
 THUMBNAIL_FILE = "thumbnail.png"
@@ -121,15 +122,25 @@ def _unformattable(path: Path) -> str:
 # ---- one notebook ------------------------------------------------------------------------------------------------
 
 
+def notebook_dir() -> Path:
+    """The folder of synchlib's notebooks: the installed package ``synchlib.notebooks`` (a wheel or an editable
+    install), else the ``notebooks/`` folder next to the ``synchlib`` folder (a source checkout on ``sys.path``)."""
+    try:
+        return Path(str(importlib.resources.files(NOTEBOOK_PACKAGE)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "notebooks"
+
+
 def find_notebook(name: str | Path) -> Path:
     """A notebook path, or the name of one of synchlib's notebooks (``demo``, ``offset_sweep``, ...)."""
     p = Path(name).expanduser()
     if p.is_file():
         return p.resolve()
-    q = NOTEBOOK_DIR / (p.name if p.suffix == ".ipynb" else f"{p.name}.ipynb")
+    folder = notebook_dir()
+    q = folder / (p.name if p.suffix == ".ipynb" else f"{p.name}.ipynb")
     if q.is_file():
         return q
-    known = ", ".join(sorted(x.stem for x in NOTEBOOK_DIR.glob("*.ipynb"))) or "none found"
+    known = ", ".join(sorted(x.stem for x in folder.glob("*.ipynb"))) or "none found"
     raise SynchlibError(f"no notebook {str(name)!r}: not a file, and not one of synchlib's notebooks ({known})")
 
 
