@@ -85,6 +85,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from . import load_model
     from .io import probe
+    from .rounding import round_summary, round_table
     from .sweep import check_sweep, summarize, sweep
 
     _check_model_args(args)
@@ -95,10 +96,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=args.device)
     table = sweep(model, video, offsets=offsets, starts=args.starts, precision=args.precision,
                   audio_priming=args.audio_priming)
+    summary = round_summary(summarize(table))  # from the unrounded table
+    table = round_table(table, model.cfg.data.grid)
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
-    print(json.dumps(summarize(table)))
+    print(json.dumps(summary))
     return 0
 
 
@@ -172,6 +175,7 @@ def _cmd_desync(args: argparse.Namespace) -> int:
 def _cmd_timeline(args: argparse.Namespace) -> int:
     from . import load_model
     from .io import probe
+    from .rounding import round_summary, round_table
     from .timeline import check_timeline, offset_over_time, summarize_timeline
 
     _check_model_args(args)
@@ -181,68 +185,94 @@ def _cmd_timeline(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, device=args.device)
     table = offset_over_time(model, video, hop_sec=args.hop_sec, start_sec=args.start_sec,
                              end_sec=args.end_sec, precision=args.precision, audio_priming=args.audio_priming)
+    summary = round_summary(summarize_timeline(table))  # from the unrounded table
+    table = round_table(table, model.cfg.data.grid)
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_string(index=False))
-    print(json.dumps(summarize_timeline(table), default=float))
+    print(json.dumps(summary))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("predict", help="predict the audio-visual offset of a video")
+def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("video",
                    help="video file (any container/codec FFmpeg reads) or a sample name (synthetic-demo, ...)")
-    p.add_argument("--offset-sec", type=float, default=0.0, help="shift the audio by this much on purpose (+: audio early)")
-    p.add_argument("--start-sec", type=float, default=0.0, help="where the window starts (>= 0)")
-    p.add_argument("-k", type=int, default=5, help="how many top offsets to list (>= 1)")
+    p.add_argument("--offset-sec", type=float, default=0.0,
+                   help="shift the audio by this much on purpose, in seconds (+: audio early; default 0)")
+    p.add_argument("--start-sec", type=float, default=0.0,
+                   help="where the window starts in the video, in seconds (>= 0, default 0)")
+    p.add_argument("-k", type=int, default=5, help="how many top offsets to list (>= 1, default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--pad", action="store_true",
                    help="pad a clip shorter than the window (last frame repeated, silence) instead of failing; "
                         "the result's warnings say so")
     _model_args(p)
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("sweep", help="predict many (start, offset) windows of one video")
+
+def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file or sample name")
-    p.add_argument("--offsets", type=float, nargs="*", help="offsets in seconds (default: the model's grid)")
-    p.add_argument("--starts", type=float, nargs="*", default=[0.0], help="window starts in seconds (>= 0)")
+    p.add_argument("--offsets", type=float, nargs="*",
+                   help="offsets to inject, in seconds (default: every offset of the model's grid)")
+    p.add_argument("--starts", type=float, nargs="*", default=[0.0],
+                   help="window starts in seconds (>= 0, default 0)")
     p.add_argument("--csv", type=Path, help="also write the table here")
     _model_args(p)
-    p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("timeline", help="offset over time on a long video (sliding windows, streaming decode)")
+
+def _add_timeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file or sample name")
     p.add_argument("--hop-sec", type=float, default=None,
                    help="window hop, at least one video frame (default 1.28 s: segments are shared)")
-    p.add_argument("--start-sec", type=float, default=0.0, help="first window start (>= 0)")
-    p.add_argument("--end-sec", type=float, default=None, help="windows end by then (default: the end of the video)")
+    p.add_argument("--start-sec", type=float, default=0.0,
+                   help="where the first window starts, in seconds (>= 0, default 0)")
+    p.add_argument("--end-sec", type=float, default=None,
+                   help="the last window ends by this time, in seconds (default: the end of the video)")
     p.add_argument("--csv", type=Path, help="also write the table here")
     _model_args(p)
-    p.set_defaults(func=_cmd_timeline)
 
-    p = sub.add_parser("fetch", help="download and verify a released checkpoint into the cache")
-    p.add_argument("id")
-    p.set_defaults(func=_cmd_fetch)
 
-    lazy: list[tuple[str, str, Callable, Callable]] = [
-        ("synth", "write synthetic sparse-cue clips and a manifest", _add_synth, _cmd_synth),
-        ("train-tiny", "train the tiny Synchformer on synthetic clips (CPU)", _add_train, _cmd_train),
-        ("run", "execute a notebook headless with papermill and write an HTML report", _add_run, _cmd_run),
-        ("report", "run a notebook for every video of a manifest (batch reports)", _add_report, _cmd_report),
-        ("desync", "DeSync metric of (video, audio) pairs: mean |offset| of the first and last window", _add_desync,
-         _cmd_desync),
-    ]
-    for name, help_, add, cmd in lazy:
-        p = sub.add_parser(name, help=help_)
+def _add_fetch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="released checkpoint id, e.g. " + DEFAULT_CHECKPOINT)
+
+
+# name -> (help in the command list, adds the command's arguments, runs it). The arguments of a command are only
+# added when that command is on the command line: some come from modules that import torch, which `--help` and
+# the command list do not need.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "predict": ("predict the audio-visual offset of a video", _add_predict, _cmd_predict),
+    "sweep": ("predict many (start, offset) windows of one video", _add_sweep, _cmd_sweep),
+    "timeline": ("offset over time on a long video (sliding windows, streaming decode)", _add_timeline,
+                 _cmd_timeline),
+    "fetch": ("download and verify a released checkpoint into the cache", _add_fetch, _cmd_fetch),
+    "synth": ("write synthetic sparse-cue clips and a manifest", _add_synth, _cmd_synth),
+    "train-tiny": ("train the tiny Synchformer on synthetic clips (CPU)", _add_train, _cmd_train),
+    "run": ("execute a notebook headless with papermill and write an HTML report", _add_run, _cmd_run),
+    "report": ("run a notebook for every video of a manifest (batch reports)", _add_report, _cmd_report),
+    "desync": ("DeSync metric of (video, audio) pairs: mean |offset| of the first and last window", _add_desync,
+               _cmd_desync),
+}  # fmt: skip
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None, *, full: bool = False) -> argparse.ArgumentParser:
+    """The command-line parser. Only the command named in ``argv`` (default ``sys.argv[1:]``) gets its arguments;
+    the others are listed by name and help. ``full=True`` adds every command's arguments (tests, documentation)."""
+    chosen = _chosen_command(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="synchlib", description="Audio-visual synchronisation with Synchformer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, add, cmd) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=cmd)
+        if not (full or name == chosen):
+            continue
         try:
             add(p)
         except ImportError as e:  # optional extras (notebook stack) missing
             p.set_defaults(func=lambda a, e=e: _missing(e))
-            continue
-        p.set_defaults(func=cmd)
     return parser
 
 
@@ -251,7 +281,7 @@ def _missing(e: ImportError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, one line): an exit code, as from every command

@@ -16,6 +16,7 @@ from .errors import InvalidArgumentError, UnreliableInputWarning
 from .io import AudioPriming, Decoded
 from .model import Synchformer
 from .preprocess import Clip, load_clip
+from .rounding import LOGIT_DECIMALS, PROB_DECIMALS, grid_decimals, round_or_none
 
 SILENT_RMS = 1e-4  # audio crops quieter than this (full scale 1.0) carry no usable sound
 STILL_PIXEL_DELTA = 0.5  # mean absolute frame-to-frame change (0..255) below which the picture is still
@@ -116,12 +117,17 @@ class Prediction:
         return None if self.target_class is None else abs(self.class_index - self.target_class) <= 1
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (lists instead of arrays)."""
+        """JSON-ready dict (lists instead of arrays), without float32 noise: grid values and offsets rounded to
+        the grid's decimals, probabilities and logits as :mod:`synchlib.rounding` says."""
         d = asdict(self)
-        for key in ("grid", "probs", "logits"):
-            d[key] = [float(x) for x in d[key]]
-        d["topk"] = [{"offset_sec": float(o), "class_index": int(c), "p": float(p)} for o, c, p in self.topk]
-        d["p"] = self.p
+        off = grid_decimals(self.grid)
+        d["grid"] = [round(float(x), off) for x in self.grid]
+        d["probs"] = [round(float(x), PROB_DECIMALS) for x in self.probs]
+        d["logits"] = [round(float(x), LOGIT_DECIMALS) for x in self.logits]
+        d["topk"] = [{"offset_sec": round(float(o), off), "class_index": int(c), "p": round(float(p), PROB_DECIMALS)}
+                     for o, c, p in self.topk]  # fmt: skip
+        d["offset_sec"] = round_or_none(self.offset_sec, off)
+        d["p"] = round(self.p, PROB_DECIMALS)
         d["correct"], d["within_one"] = self.correct, self.within_one
         return d
 

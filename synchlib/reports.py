@@ -176,6 +176,8 @@ def run_notebook(
     """
     import papermill as pm
 
+    from .quiet import KERNEL_ARGUMENTS, quiet_notebook_stack
+
     src = find_notebook(notebook)
     nb = nbparams.load_notebook(src)
     params = nbparams.check_parameters(dict(parameters or {}), nb, src.name, kernel)
@@ -183,15 +185,17 @@ def run_notebook(
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     out = inside(out_dir / f"{stem}.ipynb", out_dir)
-    try:
-        pm.execute_notebook(
-            _unformattable(src), _unformattable(out), parameters=params, kernel_name=kernel, progress_bar=progress,
-            execution_timeout=timeout, resources={"metadata": {"path": str(out_dir)}},
-        )  # fmt: skip
-    except pm.PapermillExecutionError as e:
-        to_html(out)
-        raise SynchlibError(f"{src.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (see {out})") from None
-    return out, to_html(out)
+    with quiet_notebook_stack():
+        try:
+            pm.execute_notebook(
+                _unformattable(src), _unformattable(out), parameters=params, kernel_name=kernel,
+                progress_bar=progress, execution_timeout=timeout, resources={"metadata": {"path": str(out_dir)}},
+                extra_arguments=list(KERNEL_ARGUMENTS),
+            )  # fmt: skip
+        except pm.PapermillExecutionError as e:
+            to_html(out)
+            raise SynchlibError(f"{src.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (see {out})") from None
+        return out, to_html(out)
 
 
 def save_result(values: Mapping[str, Any], path: str | Path = RESULT_FILE) -> Path:
@@ -572,12 +576,15 @@ def _fmt(v: Any) -> str:
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 
 
+KERNEL_HELP = "Jupyter kernel that runs the notebook (default python3; see `jupyter kernelspec list`)"
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook", help="notebook path or name (demo, offset_sweep, attention, train_tiny)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="notebook parameter (one its 'parameters' cell declares)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default ./reports)")
-    p.add_argument("--kernel", default="python3")
+    p.add_argument("--kernel", default="python3", help=KERNEL_HELP)
 
 
 def run_notebook_cli(args: argparse.Namespace) -> int:
@@ -589,12 +596,14 @@ def run_notebook_cli(args: argparse.Namespace) -> int:
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", type=Path, help="CSV with a 'path' column (+ optional name and notebook parameters)")
-    p.add_argument("--notebook", default="offset_sweep")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--notebook", default="offset_sweep",
+                   help="notebook run for every item: a path or a name (default offset_sweep)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: one report per item and the batch summary (required)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="parameter for every item (e.g. -p checkpoint tiny-synthetic)")
     p.add_argument("--workers", type=int, default=2, help="items run at once, each in its own process (default 2)")
-    p.add_argument("--kernel", default="python3")
+    p.add_argument("--kernel", default="python3", help=KERNEL_HELP)
 
 
 def run_report_cli(args: argparse.Namespace) -> int:

@@ -519,20 +519,22 @@ def iter_window_logits(
     frames = iter_video(path, data, wanted=engine.wants_frame, notes=notes)
     audio = iter_audio(path, data, audio_priming=audio_priming, notes=notes)
     known = info.duration_sec if end_sec is None else min(info.duration_sec or end_sec, end_sec)
-    bar = tqdm(total=round(known, 1) or None, unit="s", desc="offset timeline", disable=not progress)
+    # whole seconds of video read (a float count would show as 3.0000000000000013/30.0)
+    bar = tqdm(total=math.floor(known) if known else None, unit="s", desc="offset timeline", disable=not progress)
     with torch.inference_mode(), bar:
         try:
             while (side := engine.next_stream()) is not None:
                 if side == "video":
                     item = next(frames, None)
                     engine.end_video() if item is None else engine.add_frame(*item)
-                    bar.update(round(engine.n_frames / data.vfps - bar.n, 1))
+                    bar.update(math.floor(engine.n_frames / data.vfps) - bar.n)
                 else:
                     chunk = next(audio, None)
                     engine.end_audio() if chunk is None else engine.add_samples(chunk)
                 yield from engine.results()
         finally:
             frames.close(), audio.close()
+        bar.update(max(0, (bar.total or 0) - bar.n))  # done: the rest of the video holds no further window
     if engine.video_done and engine.audio_done and end_sec is None:  # both read to their ends
         notes += ending_notes(info.duration_sec, max(engine.n_frames / data.vfps, engine.samples.end / data.afps))
     if stats is not None:
