@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import pickle
 import pickletools
@@ -49,7 +48,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import torch
 
-from .errors import CheckpointError, InvalidArgumentError
+from . import checks
+from .errors import CheckpointError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -802,9 +802,7 @@ def _download(
 
 
 def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"fetch: {name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return checks.real(name, value, above=0.0, why="a time limit of fetch, in seconds")
 
 
 def fetch(

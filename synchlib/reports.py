@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 from tqdm.auto import tqdm
 
-from . import nbparams
+from . import checks, nbparams
 from .errors import InvalidArgumentError, SynchlibError
 from .synthetic import MANIFEST_COLUMNS
 
@@ -357,8 +357,7 @@ def batch_report(
     Writes ``out_dir/<item>/`` (executed notebook, HTML, status.json, thumbnail) and ``out_dir/summary.csv`` +
     ``out_dir/index.html``. Returns the status of every item, in manifest order.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidArgumentError(f"workers must be a whole number >= 1, not {workers!r}")
+    workers = checks.integer("workers", workers, low=1)
     nb_path = find_notebook(notebook)
     nb = nbparams.load_notebook(nb_path)
     declared = nbparams.declared_parameters(nb, nb_path.name)
