@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import Counter
 from fractions import Fraction
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import av
 import numpy as np
@@ -203,3 +204,98 @@ def scribble_on_the_heap(seed: int) -> None:
     rng = np.random.default_rng(seed)
     blocks = [bytes([int(v)]) * int(n) for v, n in zip(rng.integers(1, 256, 2000), rng.integers(64, 20_000, 2000))]
     del blocks
+
+
+class RouteServer:
+    """HTTP server on 127.0.0.1 serving ``routes[path]``: a list of behaviours, one per request (the last one
+    repeats); counts requests per path.
+
+    Behaviours: ``("ok", body)``, ``("status", code)``, ``("redirect", location)`` (302), ``("trickle", body)``
+    (announces the whole body, then sends a byte every TRICKLE_EVERY_S), ``("gated", body)`` (sends half of the body,
+    then the rest once ``gate`` is set), ``("cut", body)`` (announces the whole body, sends half of it, then closes
+    the connection).
+    """
+
+    TRICKLE_EVERY_S = 0.2  # a trickling route sends one byte this often, for ever (until the client hangs up)
+    GATE_WAIT_S = 120.0  # a gated route sends its second half at the latest after this long
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[tuple[str, Any]]] = {}
+        self.hits: Counter[str] = Counter()
+        self.gate = threading.Event()
+        self.closing = threading.Event()
+        server, count_lock = self, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                with count_lock:
+                    server.hits[self.path] += 1
+                    n = server.hits[self.path]
+                plan = server.routes.get(self.path) or [("status", 404)]
+                kind, arg = plan[min(n, len(plan)) - 1]
+                try:
+                    getattr(server, f"_{kind}")(self, arg)
+                except OSError:  # the client hung up
+                    pass
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = f"http://{self.host}/models"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def serve(self, ckpt_id: str, filename: str, *plan: tuple[str, Any]) -> str:
+        path = f"/models/{ckpt_id}/{filename}"
+        self.routes[path] = list(plan)
+        return path
+
+    def close(self) -> None:
+        self.closing.set()
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @staticmethod
+    def _head(h: BaseHTTPRequestHandler, length: int) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(length))
+        h.end_headers()
+
+    def _ok(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        self._head(h, len(body))
+        h.wfile.write(body)
+
+    def _status(self, h: BaseHTTPRequestHandler, code: int) -> None:
+        h.send_error(code)
+
+    def _redirect(self, h: BaseHTTPRequestHandler, location: str) -> None:
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def _trickle(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        self._head(h, len(body))
+        for i in range(len(body)):
+            if self.closing.wait(self.TRICKLE_EVERY_S):
+                return
+            h.wfile.write(body[i : i + 1])
+            h.wfile.flush()
+
+    def _gated(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        self._head(h, len(body))
+        h.wfile.write(body[: len(body) // 2])
+        h.wfile.flush()
+        self.gate.wait(self.GATE_WAIT_S)
+        h.wfile.write(body[len(body) // 2 :])
+
+    def _cut(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        self._head(h, len(body))
+        h.wfile.write(body[: len(body) // 2])
+        h.wfile.flush()
+

@@ -15,11 +15,9 @@ import pickle
 import struct
 import subprocess
 import sys
-import threading
 import types
 import zipfile
-from collections import Counter, OrderedDict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +28,8 @@ import torch
 from synchlib import checkpoints as ck
 from synchlib.config import load_config
 from synchlib.errors import CheckpointError
+
+from .helpers import RouteServer
 
 TEST_ID = "99-01-01T00-00-00"
 
@@ -60,51 +60,7 @@ def write_fake(path: Path, **extra: Any) -> bytes:
     return path.read_bytes()
 
 
-class FileServer:
-    """Serves ``routes[path]`` (a list of behaviours, one per request; the last one repeats) and counts hits.
-
-    Behaviours: ``("ok", body)``, ``("status", code)``, ``("cut", body)`` (announces the full Content-Length,
-    sends half of the body, then closes the connection).
-    """
-
-    def __init__(self) -> None:
-        self.routes: dict[str, list[tuple[str, Any]]] = {}
-        self.hits: Counter[str] = Counter()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def do_GET(self) -> None:
-                server.hits[self.path] += 1
-                plan = server.routes.get(self.path) or [("status", 404)]
-                kind, arg = plan[min(server.hits[self.path], len(plan)) - 1]
-                if kind == "status":
-                    self.send_error(arg)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(arg)))
-                self.end_headers()
-                self.wfile.write(arg if kind == "ok" else arg[: len(arg) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/models"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def serve(self, ckpt_id: str, filename: str, *plan: tuple[str, Any]) -> str:
-        path = f"/models/{ckpt_id}/{filename}"
-        self.routes[path] = list(plan)
-        return path
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+FileServer = RouteServer  # the behaviours these tests use: ok, status, cut
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,11 +27,12 @@ import torch
 from synchlib import checkpoints as ck
 from synchlib.errors import CheckpointError, InvalidArgumentError
 
+from .helpers import RouteServer
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_ID = "99-01-01T00-00-00"
 GUARD_S = 30.0  # upper bound for calls that must give up after a few seconds; only catches "never gives up"
 WAIT_S = 120.0  # how long a test waits for a child process or a server event before failing
-TRICKLE_EVERY_S = 0.2  # a trickling server sends one byte this often, for ever (until the client hangs up)
 
 
 def checkpoint_bytes(tmp_path: Path, seed: int) -> bytes:
@@ -43,89 +42,7 @@ def checkpoint_bytes(tmp_path: Path, seed: int) -> bytes:
     return path.read_bytes()
 
 
-class Server:
-    """HTTP server on 127.0.0.1 serving ``routes[path]``: a list of behaviours, one per request (the last one
-    repeats); counts requests per path.
-
-    Behaviours: ``("ok", body)``, ``("status", code)``, ``("redirect", location)`` (302), ``("trickle", body)``
-    (announces the whole body, then sends a byte every TRICKLE_EVERY_S), ``("gated", body)`` (sends half of the body,
-    then the rest once ``gate`` is set).
-    """
-
-    def __init__(self) -> None:
-        self.routes: dict[str, list[tuple[str, Any]]] = {}
-        self.hits: Counter[str] = Counter()
-        self.gate = threading.Event()
-        self.closing = threading.Event()
-        server, count_lock = self, threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with count_lock:
-                    server.hits[self.path] += 1
-                    n = server.hits[self.path]
-                plan = server.routes.get(self.path) or [("status", 404)]
-                kind, arg = plan[min(n, len(plan)) - 1]
-                try:
-                    getattr(server, f"_{kind}")(self, arg)
-                except OSError:  # the client hung up
-                    pass
-                self.close_connection = True
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = f"http://{self.host}/models"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def serve(self, ckpt_id: str, filename: str, *plan: tuple[str, Any]) -> str:
-        path = f"/models/{ckpt_id}/{filename}"
-        self.routes[path] = list(plan)
-        return path
-
-    def close(self) -> None:
-        self.closing.set()
-        self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    @staticmethod
-    def _head(h: BaseHTTPRequestHandler, length: int) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(length))
-        h.end_headers()
-
-    def _ok(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
-        self._head(h, len(body))
-        h.wfile.write(body)
-
-    def _status(self, h: BaseHTTPRequestHandler, code: int) -> None:
-        h.send_error(code)
-
-    def _redirect(self, h: BaseHTTPRequestHandler, location: str) -> None:
-        h.send_response(302)
-        h.send_header("Location", location)
-        h.send_header("Content-Length", "0")
-        h.end_headers()
-
-    def _trickle(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
-        self._head(h, len(body))
-        for i in range(len(body)):
-            if self.closing.wait(TRICKLE_EVERY_S):
-                return
-            h.wfile.write(body[i : i + 1])
-            h.wfile.flush()
-
-    def _gated(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
-        self._head(h, len(body))
-        h.wfile.write(body[: len(body) // 2])
-        h.wfile.flush()
-        self.gate.wait(WAIT_S)
-        h.wfile.write(body[len(body) // 2 :])
+Server = RouteServer  # the behaviours these tests use: ok, status, redirect, trickle, gated
 
 
 @pytest.fixture
