@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from synchlib import desync  # noqa: E402
 from synchlib.model import build_model  # noqa: E402
-from synchlib.predict import resolve_device  # noqa: E402
+from synchlib.model import resolve_device  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "desync_avbench"
 SOURCES = [  # (video, audio) of the two parity pairs

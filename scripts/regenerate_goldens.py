@@ -102,7 +102,7 @@ def golden_values(name: str, params: dict[str, Any]) -> dict[str, dict[str, Any]
 
     if name == "train_tiny":
         from synchlib import synthetic
-        from synchlib.reports import read_manifest
+        from synchlib.manifests import read_manifest
 
         with tempfile.TemporaryDirectory(prefix="synchlib-golden-") as tmp:
             manifest = synthetic.write_dataset(Path(tmp), n=params["n_eval_clips"], seed=HELDOUT_SEED, progress=False)

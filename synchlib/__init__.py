@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "RELEASED": "checkpoints", "fetch": "checkpoints", "load_model": "checkpoints",
+    "RELEASED": "checkpoints", "fetch": "checkpoints", "load_model": "model",
     "read_checkpoint": "checkpoints", "save_checkpoint": "checkpoints",
     "Config": "config", "load_config": "config",
     "CheckpointError": "errors", "ClipTooShortError": "errors", "ConfigError": "errors",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "Synchformer": "model", "build_model": "model",
     "Prediction": "predict", "predict": "predict",
     "Clip": "preprocess", "load_clip": "preprocess",
-    "resolve_video": "samples", "sample_path": "samples",
+    "resolve_video": "manifests", "sample_path": "manifests",
     "Predictor": "sweep", "sweep": "sweep",
 }  # fmt: skip
 # functions that share their name with the submodule that defines them
@@ -41,17 +41,17 @@ _SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == modul
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
-    from .checkpoints import RELEASED, fetch, load_model, read_checkpoint, save_checkpoint  # noqa: F401
+    from .checkpoints import RELEASED, fetch, read_checkpoint, save_checkpoint  # noqa: F401
     from .config import Config, load_config  # noqa: F401
     from .errors import (  # noqa: F401
         CheckpointError, ClipTooShortError, ConfigError, InvalidArgumentError, MissingStreamError,
         OffsetOutsideGridWarning, SynchlibError, SynchlibWarning, UnreliableInputWarning, VideoDecodeError,
         VideoNotFoundError,
     )  # fmt: skip
-    from .model import Synchformer, build_model  # noqa: F401
+    from .manifests import resolve_video, sample_path  # noqa: F401
+    from .model import Synchformer, build_model, load_model  # noqa: F401
     from .predict import Prediction, predict  # noqa: F401
     from .preprocess import Clip, load_clip  # noqa: F401
-    from .samples import resolve_video, sample_path  # noqa: F401
     from .sweep import Predictor, sweep  # noqa: F401
 
 

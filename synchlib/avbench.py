@@ -47,8 +47,7 @@ import torch.nn.functional as F
 from .config import DataConfig
 from .errors import ClipTooShortError, MissingStreamError, VideoDecodeError
 from .io import _audio_only_stream, _is_cover_art, _not_a_video, _open, _reason
-from .model import Synchformer
-from .predict import autocast
+from .model import Synchformer, autocast
 from .preprocess import log_mel
 
 DURATION_SEC = 8.0  # av-benchmark's --audio_length default: the first 8 s of both streams are scored

@@ -50,6 +50,7 @@ import torch
 
 from . import checks
 from .errors import CheckpointError
+from .paths import cache_dir, make_folder
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -59,19 +60,15 @@ __all__ = [
     "PACKAGED",
     "RELEASED",
     "ReleasedCheckpoint",
-    "cache_dir",
     "checkpoint_url",
     "expected_hash",
     "fetch",
-    "file_md5",
-    "file_sha256",
     "read_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
 
 DEFAULT_BASE_URL = "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/sync/sync_models"
-ENV_CACHE = "SYNCHLIB_CACHE"
 ENV_MIRROR = "SYNCHLIB_MIRROR"
 ENV_REGISTRY = "SYNCHLIB_REGISTRY"
 ENV_ALLOW_REDIRECTS = "SYNCHLIB_ALLOW_REDIRECTS"
@@ -229,30 +226,6 @@ def expected_hash(ckpt_id: str) -> str:
 # Where files live
 
 
-def cache_dir() -> Path:
-    """synchlib's cache folder: ``$SYNCHLIB_CACHE`` if set, else the user cache dir (e.g. ``~/.cache/synchlib``).
-
-    The folder is created on demand.
-    """
-    env = os.environ.get(ENV_CACHE, "").strip()
-    if env:
-        path = Path(env).expanduser()
-    else:
-        import pooch
-
-        path = Path(pooch.os_cache("synchlib"))
-    return _make_folder(path, "the synchlib cache folder")
-
-
-def _make_folder(path: Path, what: str) -> Path:
-    """``path``, created with its parents if needed; a :class:`CheckpointError` saying what to do if it cannot be."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CheckpointError(f"cannot create {what} {path}: {e}. Set {ENV_CACHE} to a writable folder.") from None
-    return path
-
-
 def _check_component(name: str, what: str) -> str:
     """Reject names that could escape the cache folder or break a URL."""
     if not name or name in {".", ".."} or "/" in name or "\\" in name or "\x00" in name:
@@ -274,24 +247,6 @@ def checkpoint_url(ckpt_id: str, filename: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Hashes
-
-
-def _file_digest(path: str | Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_md5(path: str | Path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    return _file_digest(path, "md5")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    return _file_digest(path, "sha256")
 
 
 def _parse_hash(spec: str) -> tuple[str, str]:
@@ -671,7 +626,7 @@ def _partial_files(dest: Path) -> list[Path]:
 
 
 def _lock_dir(root: Path, *sub: str) -> Path:
-    return _make_folder(root.joinpath(_LOCKS, *sub), "the lock folder")
+    return make_folder(root.joinpath(_LOCKS, *sub), "the lock folder")
 
 
 @contextmanager
@@ -1368,92 +1323,3 @@ def resolve_checkpoint(id_or_path: str | Path, *, progress: bool = True) -> Path
     raise CheckpointError(
         f"no checkpoint {name!r}: not a released id or packaged name ({_valid_names()}) and no file at {path}"
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoint -> ready model
-
-
-def config_for_checkpoint(id_or_path: str | Path, meta: Mapping[str, Any] | None = None, config: Any = None):
-    """The :class:`~synchlib.config.Config` of a checkpoint.
-
-    Order: an explicit ``config`` (Config, name or YAML path); the shipped config of a released or packaged name;
-    the ``args`` tree stored in the checkpoint; a ``cfg-*.yaml`` next to the file.
-    """
-    from .config import config_from_dict, load_config, released_config_path
-
-    if config is not None:
-        return load_config(config)
-    name = str(id_or_path)
-    if isinstance(id_or_path, str) and released_config_path(name) is not None:
-        return load_config(name)
-    path = Path(id_or_path).expanduser()
-    if meta and isinstance(meta.get("args"), Mapping) and "model" in meta["args"]:
-        return config_from_dict(meta["args"], name=path.stem)
-    siblings = sorted(path.parent.glob("cfg-*.yaml")) + sorted(path.parent.glob(f"{path.stem}.yaml"))
-    if siblings:
-        return load_config(siblings[0])
-    raise CheckpointError(
-        f"{path} holds no config and none lies next to it; pass config= (a released id such as "
-        f"'{next(iter(RELEASED))}' or the path of its cfg-<id>.yaml)"
-    )
-
-
-# Bare state-dict files published elsewhere for a released model (no config inside): full md5 -> released id.
-KNOWN_STATE_DICTS: dict[str, str] = {
-    "5b2f5594b0730f70e41e549b7c94390c": "24-01-04T16-39-21",  # MMAudio's synchformer_state_dict.pth (907 MB)
-}
-AV_BENCHMARK_ID = "24-01-04T16-39-21"  # the model av-benchmark and MMAudio use
-
-
-def bare_state_dict_config(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The config name for a bare state dict that carries no config, such as MMAudio's
-    ``synchformer_state_dict.pth``: the released or packaged model whose key names and shapes it has (the three
-    released offset models share one layout and one test-time config; :data:`AV_BENCHMARK_ID` is named first),
-    else the released id its md5 names in :data:`KNOWN_STATE_DICTS`; None when neither."""
-    from .model import build_model
-
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    for name in sorted([*RELEASED, *PACKAGED], key=lambda n: n != AV_BENCHMARK_ID):
-        if shapes == {k: tuple(v.shape) for k, v in build_model(name, device="meta").state_dict().items()}:
-            return name
-    return KNOWN_STATE_DICTS.get(file_md5(path))
-
-
-def load_model(
-    id_or_path: str | Path = "24-01-04T16-39-21",
-    device: str | torch.device = "auto",
-    *,
-    config: Any = None,
-    progress: bool = True,
-):
-    """A ready-to-use Synchformer in eval mode: released id (downloaded, verified, cached on first use),
-    ``"tiny-synthetic"`` (ships with synchlib) or a checkpoint path. ``device="auto"`` picks CUDA when present.
-
-    Weights are loaded without a second copy in memory (the model is built on the meta device and takes the
-    loaded tensors). A longer stored positional table is cut to the config's length.
-    """
-    from .model import build_model
-    from .predict import resolve_device
-
-    dev = resolve_device(device)
-    path = resolve_checkpoint(id_or_path, progress=progress)
-    sd, meta = read_checkpoint(path)
-    try:
-        cfg = config_for_checkpoint(id_or_path, meta, config)
-    except CheckpointError:  # no config anywhere: a known bare state dict (MMAudio's) needs none
-        name = bare_state_dict_config(path, sd) if not meta else None
-        if name is None:
-            raise
-        cfg = config_for_checkpoint(name)
-    model = build_model(cfg, device="meta")
-    try:
-        model.load_state_dict(sd, strict=True, assign=True)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path} does not fit the {cfg.name!r} architecture: {str(e).splitlines()[0]} "
-            "(pass the matching config=)"
-        ) from None
-    model = model.to(dev).eval()
-    model.checkpoint = str(id_or_path)
-    return model

@@ -39,7 +39,7 @@ def _known_data(checkpoint: str):
 
 def _check_model_args(args: argparse.Namespace) -> None:
     """Device and precision, before a model is loaded (or downloaded)."""
-    from .predict import check_precision, resolve_device
+    from .model.device import check_precision, resolve_device
 
     resolve_device(args.device)
     check_precision(args.precision)
@@ -47,7 +47,7 @@ def _check_model_args(args: argparse.Namespace) -> None:
 
 def _video(args: argparse.Namespace) -> Path:
     """The video argument: a sample name (``synthetic-demo``, ...) or a path."""
-    from .samples import resolve_video
+    from .manifests import resolve_video
 
     return resolve_video(args.video)
 
@@ -62,9 +62,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from . import load_model, predict
     from .io import probe
-    from .predict import check_k
+    from .model import load_model
+    from .predict import check_k, predict
     from .preprocess import check_window
 
     # fail fast on bad arguments and unusable input, before loading (or downloading) a model
@@ -83,8 +83,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from . import load_model
     from .io import probe
+    from .model import load_model
     from .rounding import round_summary, round_table
     from .sweep import check_sweep, summarize, sweep
 
@@ -173,8 +173,8 @@ def _cmd_desync(args: argparse.Namespace) -> int:
 
 
 def _cmd_timeline(args: argparse.Namespace) -> int:
-    from . import load_model
     from .io import probe
+    from .model import load_model
     from .rounding import round_summary, round_table
     from .timeline import check_timeline, offset_over_time, summarize_timeline
 

@@ -29,7 +29,6 @@ call. The CSV is written as pairs finish, and a rerun with the same CSV skips th
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import multiprocessing
@@ -49,8 +48,9 @@ from . import avbench, checks
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
 from .io import _check_readable, iter_audio, iter_video, read_audio
-from .model import Synchformer
-from .predict import check_batch_size, check_precision, logits_to_prediction, resolve_device
+from .manifests import read_manifest
+from .model import Synchformer, check_precision, load_model, resolve_device
+from .predict import check_batch_size, logits_to_prediction
 from .timeline import (
     DEFAULT_BATCH_SIZE, WindowPlan, audio_segment_features, check_offset_model, video_segment_features,
     windows_logits,
@@ -296,16 +296,13 @@ def desync_items(source: str | Path, audio_dir: str | Path | None = None) -> lis
     if not source.is_file():
         raise SynchlibError(f"{source}: no such folder or manifest; give a folder of videos or a CSV with a "
                             "'video' column")
-    with source.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise SynchlibError(f"{source} has no rows; a manifest needs a header with 'video' (and optionally 'audio')")
-    key = "video" if "video" in rows[0] else "path" if "path" in rows[0] else None
-    if key is None:
-        raise SynchlibError(f"{source} needs a 'video' column (and optionally 'audio'); it has {list(rows[0])}")
-    base = source.parent
-    return [(_resolve(base, r[key]), _resolve(base, r["audio"]) if (r.get("audio") or "").strip() else None)
-            for r in rows]
+    pairs = []
+    for item in read_manifest(source):
+        if item["error"]:
+            raise SynchlibError(f"{source}: {item['error']}")
+        audio = item["cells"].get("audio", "")
+        pairs.append((Path(item["video"]), _resolve(source.parent, audio) if audio else None))
+    return pairs
 
 
 def _failure_row(video: Path, audio: Path | None, error: Exception | str, protocol: str = DEFAULT_PROTOCOL) -> dict:
@@ -622,8 +619,6 @@ def add_desync_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
     """Run ``synchlib desync`` from parsed arguments: writes the CSV, prints the summary as JSON. Exit status 0
     when at least one pair was scored, 1 when none was."""
-    from .checkpoints import load_model
-
     # fail fast on bad arguments and a bad source, before loading (or downloading) a model
     resolve_device(args.device)
     check_precision(args.precision)

@@ -50,21 +50,19 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from .config import Config, DataConfig
-from .errors import MissingStreamError, VideoDecodeError, VideoNotFoundError
+from .errors import ClipTooShortError, MissingStreamError, VideoDecodeError, VideoNotFoundError
+from .paths import cache_dir, file_sha256, source_digest
 
 AudioPriming = Literal["drop", "keep"]
 AUDIO_PRIMING_OPTIONS = ("drop", "keep")
 REENCODE_VERSION = 3  # bump when the re-encoding recipe changes, so cached files are rebuilt
-WHOLE_DIGEST_BYTES = 32 << 20  # sources up to this size are hashed whole to check their cached copy (~30 ms) ...
-DIGEST_SAMPLE_BYTES = 1 << 20  # ... larger ones by their size and three pieces of this size (start, middle, end)
-HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
 MAX_REPORT_BYTES = 1 << 20  # a cached copy's report is a few hundred bytes; a larger file is not read
 # x264 on one thread and, on x86-64, on its SSE2 code only: its wider SIMD code (the AVX2/AVX-512 macroblock-tree
 # kernels) reads memory it never wrote and rounds differently per CPU, so two re-encodes of one file differed; the
@@ -297,49 +295,6 @@ def is_normalised(info: MediaInfo, data: DataConfig) -> bool:
     )
 
 
-def cache_dir() -> Path:
-    """Where synchlib keeps downloads and normalised copies: ``$SYNCHLIB_CACHE`` or the user cache dir."""
-    from .checkpoints import cache_dir as _cache_dir
-
-    return _cache_dir()
-
-
-def _sha256(f: BinaryIO, nbytes: int, h: Any = None) -> Any:
-    """``h`` (a new sha256 when None) updated with at most ``nbytes`` bytes read from ``f``."""
-    h = hashlib.sha256() if h is None else h
-    while nbytes > 0:
-        chunk = f.read(min(HASH_CHUNK, nbytes))
-        if not chunk:
-            break
-        h.update(chunk)
-        nbytes -= len(chunk)
-    return h
-
-
-def source_digest(path: Path) -> str:
-    """A digest of the content of ``path``, with work bounded by :data:`WHOLE_DIGEST_BYTES`.
-
-    A file of up to :data:`WHOLE_DIGEST_BYTES` is hashed whole (``"sha256:<hex>"``): any edit changes it. A larger
-    one is sampled (``"sampled-sha256:<hex>"`` of its size and its first, middle and last
-    :data:`DIGEST_SAMPLE_BYTES`): an edit that keeps the size and lies outside those three pieces goes unseen.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size <= WHOLE_DIGEST_BYTES:
-            return f"sha256:{_sha256(f, size).hexdigest()}"
-        h = hashlib.sha256(str(size).encode())
-        for at in (0, (size - DIGEST_SAMPLE_BYTES) // 2, size - DIGEST_SAMPLE_BYTES):
-            f.seek(at)
-            _sha256(f, DIGEST_SAMPLE_BYTES, h)
-    return f"sampled-sha256:{h.hexdigest()}"
-
-
-def _file_sha256(path: Path) -> str:
-    """sha256 of a whole file. For a normalised copy (1-3 MB per 10 s) that is a few ms, under 1 % of decoding it."""
-    with path.open("rb") as f:
-        return _sha256(f, path.stat().st_size).hexdigest()
-
-
 def _cache_key(path: Path, data: DataConfig, digest: str | None = None) -> str:
     """Name of the normalised copy of ``path`` in the cache: from its resolved path, size, modification time and
     content digest (:func:`source_digest`, computed when None), so that an edit in place gets a new entry even
@@ -386,7 +341,7 @@ def _verified_report(copy: Path, digest: str) -> dict[str, Any] | None:
         or report.get("copy_bytes") != size
     ):
         return None
-    return report if report.get("copy_sha256") == _file_sha256(copy) else None
+    return report if report.get("copy_sha256") == file_sha256(copy) else None
 
 
 def _finite_number(x: Any) -> bool:
@@ -417,7 +372,7 @@ def _build(src: Path, out: Path, info: MediaInfo, data: DataConfig, digest: str)
         except av.error.FFmpegError as e:  # encoder side: decoding errors are handled inside
             raise VideoDecodeError(f"{src}: re-encoding to the model's format failed ({e}); convert the file "
                                    "to H.264/AAC MP4 with another tool and try that") from None
-        report.update(source_digest=digest, copy_bytes=tmp.stat().st_size, copy_sha256=_file_sha256(tmp))
+        report.update(source_digest=digest, copy_bytes=tmp.stat().st_size, copy_sha256=file_sha256(tmp))
         tmp_report.write_text(json.dumps(report, indent=1), encoding="utf-8")
         os.replace(tmp, out)
         os.replace(tmp_report, report_path(out))
@@ -1042,9 +997,15 @@ def _rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int, reformatter
     return np.ascontiguousarray(rotate_clockwise(img, rotation))
 
 
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centred ``size`` x ``size`` crop, with Python's round (halves to even)."""
+    if height < size or width < size:
+        raise ClipTooShortError(f"frames of {width}x{height} are smaller than the {size}x{size} model input")
+    return round((height - size) / 2), round((width - size) / 2)
+
+
 def _center_box(size: tuple[int, int], crop: int) -> tuple[slice, slice]:
     """(rows, columns) of the centred ``crop`` x ``crop`` square in a (w, h) picture, as the model's crop."""
-    from .preprocess import center_crop_box  # preprocess imports this module
 
     top, left = center_crop_box(size[1], size[0], crop)
     return slice(top, top + crop), slice(left, left + crop)

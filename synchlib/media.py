@@ -8,7 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .preprocess import Clip
+from . import plot
+from .predict import logits_to_prediction
+from .preprocess import Clip, offset_class
+from .sweep import Predictor
 
 PREVIEW_MIN_SIDE = 224  # small model inputs (the tiny model's 64 px) are upscaled so they can be seen
 
@@ -64,11 +67,6 @@ def offset_explorer(model, video, start_sec: float = 0.0):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
-
-    from . import plot
-    from .predict import logits_to_prediction
-    from .preprocess import offset_class
-    from .sweep import Predictor
 
     pr = Predictor(model).set_video(video)
     grid = model.cfg.grid

@@ -8,9 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from . import sweep
 from .attention import Explanation
 from .predict import Prediction
 from .preprocess import Clip
+from .timeline import summarize_timeline
 
 TARGET_COLOUR = "tab:green"
 PRED_COLOUR = "tab:red"
@@ -143,10 +145,8 @@ def frequency_attention(ex: Explanation, ax=None):
 
 def per_offset_accuracy(table: pd.DataFrame, ax=None):
     """acc@1 and acc@1 within one class per injected offset."""
-    from .sweep import per_offset_accuracy as acc
-
     fig, ax = _fig_ax(ax, (8, 2.8))
-    a = acc(table)
+    a = sweep.per_offset_accuracy(table)
     ax.plot(a.index, a["acc1"], "o-", label="acc@1")
     ax.plot(a.index, a["acc1_within_one"], "s--", label="acc@1 ±1 class")
     ax.set_ylim(-0.02, 1.02)
@@ -202,8 +202,6 @@ def offset_timeline(df: pd.DataFrame, confident_p: float = 0.5, grid: np.ndarray
     the others hollow, with the median of the confident ones dashed. Bottom: ``p`` of each window and the
     ``confident_p`` line. ``grid`` (the offset classes) sets the y-limits (default: +-2 s).
     """
-    from .timeline import summarize_timeline
-
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     t, off, p = df["center_sec"].to_numpy(float), df["predicted_offset_sec"].to_numpy(float), df["p"].to_numpy(float)
     sure = p >= confident_p

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,53 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import integer, one_of
-from .errors import InvalidArgumentError, UnreliableInputWarning
+from .checks import integer
+from .errors import UnreliableInputWarning
 from .io import AudioPriming, Decoded
-from .model import Synchformer
+from .model import Synchformer, autocast, check_precision
 from .preprocess import Clip, load_clip
 from .rounding import LOGIT_DECIMALS, PROB_DECIMALS, grid_decimals, round_or_none
 
 SILENT_RMS = 1e-4  # audio crops quieter than this (full scale 1.0) carry no usable sound
 STILL_PIXEL_DELTA = 0.5  # mean absolute frame-to-frame change (0..255) below which the picture is still
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # what resolve_device accepts besides "auto"
 MAX_BATCH_SIZE = 256  # segments (or windows) per model call: 256 of the released model's segments are 2.5 GB of input
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (or a
-    ``torch.device``) as they are, when present on this machine; anything else is an :class:`InvalidArgumentError`."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    accepted = f"device must be 'auto', {', '.join(map(repr, DEVICE_TYPES))} or 'cuda:N'"
-    if not isinstance(device, (str, torch.device)):
-        raise InvalidArgumentError(f"{accepted}, got {device!r}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InvalidArgumentError(f"{accepted}, got {device!r}") from None
-    if dev.type not in DEVICE_TYPES:
-        raise InvalidArgumentError(f"{accepted}, got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidArgumentError(
-                f"CUDA is not available; use --device cpu (or auto), device='cpu' in Python (asked for {str(device)!r})"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise InvalidArgumentError(
-                f"device {str(device)!r} does not exist: this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}"
-            )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError("MPS is not available; use --device cpu (or auto), device='cpu' in Python")
-    return dev
-
-
-def check_precision(precision: str) -> str:
-    """``precision`` when it is one of :data:`PRECISIONS`."""
-    return one_of("precision", precision, PRECISIONS)
 
 
 def check_k(k: int) -> int:
@@ -69,14 +31,6 @@ def check_batch_size(batch_size: int) -> int:
     """Segments (or windows) per model call: 1 to :data:`MAX_BATCH_SIZE`."""
     return integer("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE,
                    why="larger batches take gigabytes of memory for little gain in speed")
-
-
-def autocast(device: torch.device, precision: str):
-    """Context for ``precision`` ("fp32": none; "bf16"/"fp16": torch.autocast on ``device``)."""
-    if check_precision(precision) == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @dataclass

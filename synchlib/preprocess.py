@@ -25,7 +25,7 @@ from torch import Tensor
 from .checks import flag, one_of, real
 from .config import Config, DataConfig, load_config
 from .errors import ClipTooShortError, InvalidArgumentError, OffsetOutsideGridWarning, UnreliableInputWarning
-from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, read_video
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, center_crop_box, read_video
 
 MEL_EPS = 1e-6  # added before the log
 SPEC_PAD_VALUE = 0.0  # PadOrTruncate pads the log-mel with this (before the AST normalisation)
@@ -43,13 +43,6 @@ def equalify(n_frames: int, n_samples: int, data: DataConfig) -> tuple[int, int]
     min_len = min(data.clip_max_len_sec, n_samples / data.afps, n_frames / data.vfps)
     v = int(data.vfps * min_len)
     return v, int((data.afps // data.vfps) * v)
-
-
-def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """(top, left) of the centred ``size`` x ``size`` crop, with Python's round (halves to even)."""
-    if height < size or width < size:
-        raise ClipTooShortError(f"frames of {width}x{height} are smaller than the {size}x{size} model input")
-    return round((height - size) / 2), round((width - size) / 2)
 
 
 def grid_warning(offset_sec: float, data: DataConfig) -> str | None:

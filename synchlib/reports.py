@@ -23,17 +23,13 @@ import csv
 import hashlib
 import html
 import importlib.resources
-import io
 import json
 import multiprocessing
 import os
-import re
 import sys
 import time
 import traceback
-import unicodedata
 import uuid
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,59 +38,28 @@ from tqdm.auto import tqdm
 
 from . import checks, nbparams
 from .errors import InvalidArgumentError, SynchlibError
+from .io import probe
+from .manifests import INDEX_HTML, MAX_NAME_CHARS, SUMMARY_CSV, read_manifest, safe_name
+from .media import write_thumbnail
+from .quiet import KERNEL_ARGUMENTS, quiet_notebook_stack
 from .synthetic import MANIFEST_COLUMNS
 
 NOTEBOOK_PACKAGE = "synchlib.notebooks"  # the repository's notebooks/ folder, installed as this package
 STATUS_FILE = "status.json"
 RESULT_FILE = "result.json"  # notebooks may write their key numbers here (``synchlib.reports.save_result``)
 THUMBNAIL_FILE = "thumbnail.png"
-SUMMARY_CSV = "summary.csv"
-INDEX_HTML = "index.html"
 
 ITEM_ENV = "SYNCHLIB_REPORT_ITEM"  # JSON identity of the batch item a kernel runs, set by the batch
 IDENTITY_KEY = "synchlib_item"  # where save_result keeps that identity in result.json
 
-PATH_COLUMNS = ("path", "video")  # the video column of a manifest (one of them)
-NAME_COLUMN = "name"
 METADATA_COLUMNS = frozenset(MANIFEST_COLUMNS) - {"path"}  # what ``synchlib synth`` records about each clip
-MAX_MANIFEST_BYTES = 64 * 2**20
-MAX_MANIFEST_ROWS = 200_000
-MAX_NAME_CHARS = 80
 MAX_ERROR_CHARS = 500  # an item's error as stored in status.json / summary.csv
 MAX_JSON_BYTES = 2**20  # status.json / result.json larger than this are not read
 MAX_LISTED_FAILURES = 20  # failures the CLI prints; the rest are in summary.csv
 EXIT_ITEMS_FAILED = 1  # ``synchlib report``: the batch ran, some items failed (usage errors exit 2)
-DEFAULT_NAME = "item"
-WINDOWS_DEVICES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
-)  # fmt: skip
-RESERVED_NAMES = frozenset(n.casefold() for n in (SUMMARY_CSV, INDEX_HTML))  # files of the batch itself
 
 
 # ---- paths -------------------------------------------------------------------------------------------------------
-
-
-def safe_name(text: str) -> str:
-    """A file or folder name made from ``text``: accents dropped, anything but ASCII letters, digits and ``._-``
-    replaced by ``_``, no leading ``.``/``-``, no trailing ``.``, at most ``MAX_NAME_CHARS`` characters, not a
-    Windows device name; ``"item"`` when nothing is left."""
-    ascii_ = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).lstrip(".-")[:MAX_NAME_CHARS].rstrip(".")
-    if not name:
-        return DEFAULT_NAME
-    return f"_{name}"[:MAX_NAME_CHARS] if name.split(".")[0].upper() in WINDOWS_DEVICES else name
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    """``base``, or ``base_2``, ``base_3``, ... (within ``MAX_NAME_CHARS``): the first whose case-folded form is not
-    in ``taken``; adds it there."""
-    name, i = base, 1
-    while name.casefold() in taken or name.casefold() in RESERVED_NAMES:
-        i += 1
-        suffix = f"_{i}"
-        name = base[: MAX_NAME_CHARS - len(suffix)] + suffix
-    taken.add(name.casefold())
-    return name
 
 
 def inside(path: Path, root: Path) -> Path:
@@ -176,8 +141,6 @@ def run_notebook(
     """
     import papermill as pm
 
-    from .quiet import KERNEL_ARGUMENTS, quiet_notebook_stack
-
     src = find_notebook(notebook)
     nb = nbparams.load_notebook(src)
     params = nbparams.check_parameters(dict(parameters or {}), nb, src.name, kernel)
@@ -218,98 +181,6 @@ def parse_parameters(pairs: list[list[str]] | None) -> dict[str, Any]:
 
 
 # ---- manifests ---------------------------------------------------------------------------------------------------
-
-
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a manifest CSV with a ``path`` (or ``video``) column, relative to the manifest or absolute.
-
-    Returns one dict per non-blank row: ``name`` (the item's folder name, see :func:`safe_name`; from the ``name``
-    column or the video's name), ``video`` (absolute path), ``params`` (the row's other non-empty cells, values
-    parsed), ``line`` (its line in the file) and ``error`` (why the row cannot be used: bad encoding, no path,
-    more cells than the header, ...; ``""`` for a good row). A manifest that is not a readable CSV with a path
-    column, larger than ``MAX_MANIFEST_BYTES`` or with more than ``MAX_MANIFEST_ROWS`` rows raises
-    :class:`SynchlibError`.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SynchlibError(f"no manifest at {path}; give a CSV with a 'path' column")
-    with path.open("rb") as f:
-        raw = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise SynchlibError(f"{path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB; split it into smaller manifests")
-    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="surrogateescape"), newline=""))
-    header = _header(reader, path)
-    key = next(c for c in PATH_COLUMNS if c in header)
-    items: list[dict[str, Any]] = []
-    taken: set[str] = set()
-    while True:
-        try:
-            cells = next(reader)
-            error = ""
-        except StopIteration:
-            break
-        except csv.Error as e:
-            cells, error = [], f"line {reader.line_num} of {path.name} is not valid CSV ({e})"
-        if not error and not any(c.strip() for c in cells):
-            continue  # blank line
-        if len(items) == MAX_MANIFEST_ROWS:
-            raise SynchlibError(f"{path} has more than {MAX_MANIFEST_ROWS} rows; split it into smaller manifests")
-        items.append(_manifest_item(dict(zip(header, cells)), key, reader.line_num, path, taken,
-                                    error or _row_error(cells, header, key, reader.line_num, path)))
-    if not items:
-        raise SynchlibError(f"{path} has no rows")
-    return items
-
-
-def _header(reader, path: Path) -> list[str]:
-    try:
-        header = [h.strip() for h in next(reader)]
-    except (StopIteration, csv.Error) as e:
-        raise SynchlibError(
-            f"{path} has no readable header line ({e or 'empty file'}); give a CSV with a 'path' column"
-        ) from None
-    if any(_has_undecodable(h) for h in header):
-        raise SynchlibError(f"the header of {path} is not UTF-8 text; save the manifest as UTF-8")
-    dupes = sorted(h for h, n in Counter(header).items() if n > 1 and h)
-    if dupes:
-        raise SynchlibError(f"{path} has the column(s) {dupes} more than once; keep one of each")
-    found = [c for c in PATH_COLUMNS if c in header]
-    if len(found) != 1:
-        which = "both 'path' and 'video' columns; keep one" if found else f"no 'path' (or 'video') column: {header}"
-        raise SynchlibError(f"{path} has {which}")
-    return header
-
-
-def _has_undecodable(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)  # bytes that were not UTF-8 (surrogateescape)
-
-
-def _row_error(cells: list[str], header: list[str], key: str, line: int, path: Path) -> str:
-    where = f"line {line} of {path.name}"
-    if len(cells) > len(header):
-        return f"{where} has {len(cells)} cells but the header has {len(header)} columns"
-    if any(_has_undecodable(c) for c in cells):
-        return f"{where} is not UTF-8 text; save the manifest as UTF-8"
-    if not dict(zip(header, cells)).get(key, "").strip():
-        return f"{where} has no video ({key!r} cell is empty)"
-    return ""
-
-
-def _manifest_item(row: dict[str, str], key: str, line: int, manifest: Path, taken: set[str], error: str) -> dict:
-    cell = row.get(key, "").strip()
-    video = ""
-    if not error:
-        try:
-            p = Path(cell).expanduser()
-            video = str((p if p.is_absolute() else manifest.parent / p).resolve())
-        except (OSError, ValueError, RuntimeError) as e:
-            error = f"line {line} of {manifest.name}: unusable path {cell[:80]!r} ({e})"
-    label = row.get(NAME_COLUMN, "").strip() or (Path(cell).stem if cell else "") or f"line_{line}"
-    params = {
-        k: nbparams.parse_value(v) for k, v in row.items() if k not in (key, NAME_COLUMN) and v and v.strip()
-    }  # fmt: skip
-    name = unique_name(safe_name(label), taken)
-    return {"name": name, "video": video, "params": params, "line": line, "error": error}
 
 
 def item_parameters(item: Mapping[str, Any], declared: tuple[str, ...], label: str) -> tuple[dict[str, Any], list[str]]:
@@ -421,9 +292,6 @@ def _run_all(tasks: list[dict], workers: int, desc: str, progress: bool):
 def _run_item(task: dict) -> dict:
     """One item, in a worker process: probe the video, run the notebook with the item's identity in the
     kernel's environment, keep its result only if that identity comes back. Never raises."""
-    from .io import probe
-    from .media import write_thumbnail
-
     t0 = time.perf_counter()
     out_dir = Path(task["out_dir"])
     status = {k: task[k] for k in ("name", "video", "key", "ok", "report", "error")}

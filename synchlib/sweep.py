@@ -25,10 +25,19 @@ from .checks import one_of, real
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
 from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, read_video
-from .model import Synchformer
-from .predict import autocast, check_batch_size, check_precision, logits_to_prediction
+from .manifests import read_manifest
+from .model import Synchformer, autocast, check_precision
+from .predict import check_batch_size, logits_to_prediction
 from .preprocess import (
-    Clip, audio_window, check_window, equalify, max_shift_sec, offset_class, temporal_crop, video_window,
+    Clip,
+    audio_window,
+    check_window,
+    clip_from_decoded,
+    equalify,
+    max_shift_sec,
+    offset_class,
+    temporal_crop,
+    video_window,
 )  # fmt: skip
 
 SWEEP_COLUMNS = [
@@ -120,8 +129,6 @@ class Predictor:
     def clip(self, offset_sec: float, start_sec: float) -> Clip:
         """The full :class:`Clip` of one window (for display or the plain path)."""
         self._lengths()  # a video is set
-        from .preprocess import clip_from_decoded
-
         return clip_from_decoded(self.decoded, self.cfg, offset_sec, start_sec)
 
     @torch.inference_mode()
@@ -241,12 +248,10 @@ def sweep_manifest(
     progress: bool = True,
     **kwargs,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`sweep` every video of a manifest CSV (``path`` column; see :func:`synchlib.reports.read_manifest`).
+    """:func:`sweep` every video of a manifest CSV (``path`` column; see :func:`synchlib.manifests.read_manifest`).
 
     Returns (results of all videos, failures with one ``error`` line per video that could not be swept).
     """
-    from .reports import read_manifest
-
     tables, failures = [], []
     for item in tqdm(read_manifest(manifest), desc="videos", disable=not progress):
         if item["error"]:  # a row that names no usable video (bad encoding, no path, ...)

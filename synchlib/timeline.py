@@ -35,14 +35,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import DataConfig
 from .checks import one_of, real
+from .config import DataConfig
 from .errors import ClipTooShortError, ConfigError, InvalidArgumentError
 from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, probe
-from .model import Synchformer
-from .predict import autocast, check_batch_size, check_precision, logits_to_prediction
+from .manifests import resolve_video
+from .model import Synchformer, autocast, check_precision
+from .predict import check_batch_size, logits_to_prediction
 from .preprocess import equalify, frames_to_input, log_mel, segment_layout, temporal_crop
-from .samples import resolve_video
 
 DEFAULT_HOP_STRIDES = 4  # default hop in segment strides: 1.28 s with the released layout
 DEFAULT_BATCH_SIZE = 8  # segments per feature-extractor call, and windows per synchronisation-transformer call

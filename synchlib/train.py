@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import synthetic
+from .checkpoints import save_checkpoint
 from .config import Config, load_config
 from .errors import SynchlibError
 from .io import Decoded, read_video
@@ -1021,8 +1022,6 @@ def fit(
 
 def write_outputs(out_path: str | Path, model: Synchformer, cfg: Config, record: dict[str, Any]) -> tuple[Path, Path]:
     """Write the checkpoint (released layout) and the JSON record next to it (same stem, ``.json``)."""
-    from .checkpoints import save_checkpoint
-
     out_path = Path(out_path).expanduser()
     ckpt = save_checkpoint(out_path, model.state_dict(), dict(cfg.raw), epoch=record["steps"],
                            model_type=MODEL_TYPE, metrics=record["metrics"],

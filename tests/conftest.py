@@ -183,7 +183,7 @@ def released_args():
 def released_files(tmp_path_factory, detweights_state_dict):
     """``(root, checkpoint, registry_csv, md5)``: ``root/<id>/<id>.pt`` holds the detweights in the released format
     (laid out like the authors' store), ``registry_csv`` lists its full md5 for ``$SYNCHLIB_REGISTRY``."""
-    from synchlib.checkpoints import file_md5
+    from synchlib.paths import file_md5
 
     root = tmp_path_factory.mktemp("mirror")
     (root / RELEASED_ID).mkdir()

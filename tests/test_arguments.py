@@ -13,10 +13,13 @@ import pytest
 import torch
 
 import synchlib
+import synchlib.desync
+import synchlib.model
 from synchlib import cli
 from synchlib.desync import clip_desync, desync
 from synchlib.errors import ClipTooShortError, InvalidArgumentError, OffsetOutsideGridWarning, SynchlibError
-from synchlib.predict import MAX_BATCH_SIZE, resolve_device
+from synchlib.model import resolve_device
+from synchlib.predict import MAX_BATCH_SIZE
 from synchlib.preprocess import load_clip
 from synchlib.sweep import MAX_SWEEP_WINDOWS, Predictor, sweep
 from synchlib.timeline import offset_over_time
@@ -40,8 +43,8 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded although the arguments are bad")
 
-    monkeypatch.setattr(synchlib, "load_model", refuse)
-    monkeypatch.setattr(synchlib.checkpoints, "load_model", refuse)
+    for where in (synchlib, synchlib.model, synchlib.desync):  # the package, the CLI's import, desync's own
+        monkeypatch.setattr(where, "load_model", refuse)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -327,7 +327,7 @@ def test_folder_of_pairs_resumes_and_reports(tiny, twenty_pairs, tmp_path, monke
         raise AssertionError("a finished table must not be computed again")
 
     monkeypatch.setattr(avbench, "read_pair", no_work)
-    monkeypatch.setattr("synchlib.checkpoints.load_model", no_work)
+    monkeypatch.setattr(desync, "load_model", no_work)
     before = out.read_bytes()
     assert desync.run_desync(args) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from synchlib import reports
+from synchlib import manifests, reports
 from synchlib.cli import main
 from synchlib.errors import InvalidArgumentError, SynchlibError
-from synchlib.reports import batch_report, read_manifest, run_notebook, run_report_cli, save_result
+from synchlib.manifests import read_manifest
+from synchlib.reports import batch_report, run_notebook, run_report_cli, save_result
 
 pytest.importorskip("papermill")
 NOTEBOOK = Path(__file__).parent / "data" / "record_params.ipynb"
@@ -258,7 +259,7 @@ def test_item_folders_are_safe_and_unique_names(tmp_path):
     names = [it["name"] for it in read_manifest(manifest)]
     assert len({n.casefold() for n in names}) == len(names)
     for n in names:
-        assert n and len(n) <= reports.MAX_NAME_CHARS and not n.startswith((".", "-"))
+        assert n and len(n) <= manifests.MAX_NAME_CHARS and not n.startswith((".", "-"))
         assert "/" not in n and "\\" not in n
         assert n.casefold() not in {"summary.csv", "index.html", "con"} and (tmp_path / n).parent == tmp_path
     assert names[ESCAPING_NAMES.index("vidéo")] == "video"
@@ -327,9 +328,9 @@ def test_one_bad_row_fails_only_that_row(tmp_path):
 
 def test_manifest_size_is_bounded(tmp_path, monkeypatch):
     manifest = write_manifest(tmp_path / "m.csv", ["path"], [[f"v{i}.mp4"] for i in range(4)])
-    monkeypatch.setattr(reports, "MAX_MANIFEST_ROWS", 3)
+    monkeypatch.setattr(manifests, "MAX_MANIFEST_ROWS", 3)
     with pytest.raises(SynchlibError, match="more than 3 rows"):
         read_manifest(manifest)
-    monkeypatch.setattr(reports, "MAX_MANIFEST_BYTES", 10)
+    monkeypatch.setattr(manifests, "MAX_MANIFEST_BYTES", 10)
     with pytest.raises(SynchlibError, match="larger than"):
         read_manifest(manifest)

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from synchlib import io as sio
+from synchlib import paths
 from synchlib.errors import SynchlibError, VideoDecodeError
-from synchlib.io import normalise, read_video, report_path, source_digest
+from synchlib.io import normalise, read_video, report_path
+from synchlib.paths import source_digest
 
 from .helpers import scribble_on_the_heap, write_av
 
@@ -31,7 +33,7 @@ def same_clip(x: np.ndarray, y: np.ndarray) -> bool:
 def vouched(copy: Path) -> bool:
     """Whether the report of a cached copy names the copy as it is now."""
     report = json.loads(report_path(copy).read_text())
-    return report["copy_sha256"] == sio._file_sha256(copy) and report["copy_bytes"] == copy.stat().st_size
+    return report["copy_sha256"] == paths.file_sha256(copy) and report["copy_bytes"] == copy.stat().st_size
 
 
 @pytest.fixture
@@ -163,8 +165,8 @@ def test_source_digest_covers_a_small_file_whole_and_samples_a_large_one(tmp_pat
         f.write(b"\xff")
     assert source_digest(small) != before and source_digest(small).startswith("sha256:")
 
-    monkeypatch.setattr(sio, "WHOLE_DIGEST_BYTES", 64 << 10)
-    monkeypatch.setattr(sio, "DIGEST_SAMPLE_BYTES", 4 << 10)  # samples at 0, ~510 KiB and ~1020 KiB
+    monkeypatch.setattr(paths, "WHOLE_DIGEST_BYTES", 64 << 10)
+    monkeypatch.setattr(paths, "DIGEST_SAMPLE_BYTES", 4 << 10)  # samples at 0, ~510 KiB and ~1020 KiB
     before = source_digest(small)
     assert before.startswith("sampled-sha256:")
     with small.open("r+b") as f:
@@ -188,6 +190,6 @@ def test_re_encoding_is_deterministic(cache, clips, cfg):
     for seed in range(3):
         scribble_on_the_heap(seed)
         copy = normalise(a, cfg.data, force=True)
-        digests.add(sio._file_sha256(copy))
+        digests.add(paths.file_sha256(copy))
         copy.unlink()
     assert len(digests) == 1

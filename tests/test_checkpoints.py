@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from synchlib import checkpoints as ck
+from synchlib import paths
 from synchlib.config import load_config
 from synchlib.errors import CheckpointError
 
@@ -74,7 +75,7 @@ def server() -> Iterator[FileServer]:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FileServer) -> Path:
     """Cache in tmp_path, mirror on the local server, no proxies; returns the cache folder."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(ck.ENV_CACHE, str(cache))
+    monkeypatch.setenv(paths.ENV_CACHE, str(cache))
     monkeypatch.setenv(ck.ENV_MIRROR, server.url)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -135,11 +136,11 @@ def test_registry_matches_published_facts() -> None:
 
 
 def test_cache_dir_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ck.ENV_CACHE, str(tmp_path / "a" / "b"))
-    assert ck.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
-    monkeypatch.delenv(ck.ENV_CACHE)
+    monkeypatch.setenv(paths.ENV_CACHE, str(tmp_path / "a" / "b"))
+    assert paths.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    monkeypatch.delenv(paths.ENV_CACHE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ck.cache_dir() == tmp_path / "xdg" / "synchlib" and ck.cache_dir().is_dir()
+    assert paths.cache_dir() == tmp_path / "xdg" / "synchlib" and paths.cache_dir().is_dir()
 
 
 def test_checkpoint_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -543,8 +544,8 @@ def test_save_checkpoint_roundtrip_and_hashes(tmp_path: Path) -> None:
     sd, meta = ck.read_checkpoint(path)
     assert meta == {"args": TINY_ARGS, "epoch": 5, "model_type": "Tiny", "metrics": {"accuracy_1": 0.5}}
     data = path.read_bytes()
-    assert ck.file_md5(path) == hashlib.md5(data).hexdigest()
-    assert ck.file_sha256(path) == hashlib.sha256(data).hexdigest()
+    assert paths.file_md5(path) == hashlib.md5(data).hexdigest()
+    assert paths.file_sha256(path) == hashlib.sha256(data).hexdigest()
 
 
 def test_save_checkpoint_rejects_non_plain_data(tmp_path: Path) -> None:

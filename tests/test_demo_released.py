@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import synchlib
-from synchlib import checkpoints
+from synchlib import paths
 from synchlib.predict import logits_to_prediction
 from synchlib.reports import RESULT_FILE, run_notebook
 
@@ -49,10 +49,10 @@ def test_demo_notebook_downloads_verifies_and_predicts(tmp_path, detweights_stat
 
     # The kernel fetched the file from the mirror once and verified it against SYNCHLIB_REGISTRY's md5.
     assert server.requests == 1
-    cached = checkpoints.cache_dir() / RELEASED_ID / f"{RELEASED_ID}.pt"
+    cached = paths.cache_dir() / RELEASED_ID / f"{RELEASED_ID}.pt"
     note = json.loads(cached.with_name(cached.name + ".verified").read_text())
-    assert note["md5"] == md5 == checkpoints.file_md5(cached)
-    assert note["sha256"] == checkpoints.file_sha256(cached)  # the full digests, recorded once verified
+    assert note["md5"] == md5 == paths.file_md5(cached)
+    assert note["sha256"] == paths.file_sha256(cached)  # the full digests, recorded once verified
 
     # The notebook's numbers are the reference implementation's for these weights and this window.
     g = golden("A")

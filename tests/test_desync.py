@@ -158,7 +158,7 @@ def test_sources_and_cli(model, cfg, clips, tmp_path, capsys):
     (folder / "a.mp4").write_bytes(clips["video"].read_bytes())
     (folder / "notes.txt").write_text("not a video")
     assert desync_items(folder) == [(folder / "a.mp4", None)]
-    with pytest.raises(SynchlibError, match="'video' column"):
+    with pytest.raises(SynchlibError, match=r"no 'path' \(or 'video'\) column"):
         bad = tmp_path / "bad.csv"
         bad.write_text("clip\nx.mp4\n")
         desync_items(bad)

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from synchlib import checkpoints as ck
+from synchlib import paths
 from synchlib.errors import CheckpointError, InvalidArgumentError
 
 from .helpers import RouteServer
@@ -73,7 +74,7 @@ def silent_url() -> Iterator[str]:
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server) -> Path:
     """Cache in tmp_path, mirror on the local server, no proxies, redirects not opted in; returns the cache."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(ck.ENV_CACHE, str(cache))
+    monkeypatch.setenv(paths.ENV_CACHE, str(cache))
     monkeypatch.setenv(ck.ENV_MIRROR, server.url)
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
                 "SYNCHLIB_ALLOW_REDIRECTS", ck.ENV_REGISTRY):  # fmt: skip

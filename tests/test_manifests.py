@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from synchlib.checkpoints import DEFAULT_BASE_URL, RELEASED
-from synchlib.samples import SAMPLES, sample_path
+from synchlib.manifests import SAMPLES, sample_path
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "data_manifests"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import synchlib
-from synchlib import checkpoints, desync
+from synchlib import desync, paths
+from synchlib.model import load
 from synchlib.errors import CheckpointError
 from synchlib.model.synchformer import POS_EMB_KEY
 
@@ -40,11 +41,11 @@ def test_bare_state_dict_is_recognised_by_its_md5(tmp_path, tiny_sd, monkeypatch
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match="holds no config"):
         synchlib.load_model(path, device="cpu")
-    monkeypatch.setitem(checkpoints.KNOWN_STATE_DICTS, checkpoints.file_md5(path), TINY)
+    monkeypatch.setitem(load.KNOWN_STATE_DICTS, paths.file_md5(path), TINY)
     model = synchlib.load_model(path, device="cpu")
     assert model.cfg.name == TINY and torch.equal(model.state_dict()[POS_EMB_KEY], tiny_sd[POS_EMB_KEY])
 
 
 def test_mmaudio_file_is_known_as_the_av_benchmark_model():
-    assert checkpoints.KNOWN_STATE_DICTS["5b2f5594b0730f70e41e549b7c94390c"] == checkpoints.AV_BENCHMARK_ID
-    assert checkpoints.AV_BENCHMARK_ID == desync.DEFAULT_CHECKPOINT
+    assert load.KNOWN_STATE_DICTS["5b2f5594b0730f70e41e549b7c94390c"] == load.AV_BENCHMARK_ID
+    assert load.AV_BENCHMARK_ID == desync.DEFAULT_CHECKPOINT

@@ -12,7 +12,8 @@ import torch
 from synchlib.checkpoints import save_checkpoint
 from synchlib.config import load_config
 from synchlib.model import build_model
-from synchlib.reports import batch_report, read_manifest, run_notebook
+from synchlib.manifests import read_manifest
+from synchlib.reports import batch_report, run_notebook
 from synchlib.synthetic import write_dataset
 
 pytest.importorskip("papermill")

@@ -1,21 +1,8 @@
-"""The Synchformer network (see ``docs``/README and ``synchformer.py``)."""
+"""The Synchformer network (``synchformer.py`` and its parts), how to build it, load it and where it runs."""
 
-from __future__ import annotations
-
-import torch
-
-from ..config import Config, load_config
+from .build import build_model
+from .device import PRECISIONS, autocast, check_precision, resolve_device
+from .load import load_model
 from .synchformer import Synchformer
 
-__all__ = ["Synchformer", "build_model"]
-
-
-def build_model(cfg: Config | str, device: str | torch.device = "cpu") -> Synchformer:
-    """A randomly initialised Synchformer for ``cfg`` (a :class:`Config`, shipped name or YAML path), in eval mode.
-
-    ``device="meta"`` builds it without allocating weights (then load a state dict with ``assign=True``).
-    """
-    cfg = load_config(cfg)
-    with torch.device(device):
-        model = Synchformer(cfg)
-    return model.eval()
+__all__ = ["PRECISIONS", "Synchformer", "autocast", "build_model", "check_precision", "load_model", "resolve_device"]
