@@ -51,6 +51,7 @@ from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
 from .io import _check_readable, iter_audio, iter_video, read_audio
 from .model import Synchformer
 from .predict import check_batch_size, check_precision, logits_to_prediction, resolve_device
+from .rounding import round_desync, round_summary
 from .timeline import (
     DEFAULT_BATCH_SIZE, WindowPlan, audio_segment_features, check_offset_model, video_segment_features,
     windows_logits,
@@ -469,8 +470,11 @@ def _finished_rows(csv_path: Path, protocol: str) -> dict[tuple[str, str], dict]
 
 
 def _write_rows(path: Path, rows: Iterable[dict], mode: str) -> None:
+    """Append (``mode`` "a") or write ("w", with the header) ``rows`` to the CSV, numbers rounded
+    (:func:`synchlib.rounding.round_desync`)."""
+    table = round_desync(pd.DataFrame(list(rows), columns=DESYNC_COLUMNS))
     with path.open(mode, newline="", encoding="utf-8") as f:
-        pd.DataFrame(list(rows), columns=DESYNC_COLUMNS).to_csv(f, index=False, header=mode == "w")
+        table.to_csv(f, index=False, header=mode == "w")
         f.flush()
 
 
@@ -637,5 +641,5 @@ def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) ->
     _, summary = desync(model, items, csv_path=args.csv, precision=args.precision, batch_size=args.batch_size,
                         progress=getattr(args, "progress", True), protocol=protocol,
                         workers=workers)
-    echo(json.dumps({**summary, "csv": str(args.csv)}))
+    echo(json.dumps({**round_summary(summary), "csv": str(args.csv)}))
     return 0 if summary["n"] else 1
