@@ -7,7 +7,6 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from .attention import Explanation
@@ -76,15 +75,12 @@ def shift_probabilities(preds: Sequence[Prediction], ax=None):
         ax.scatter([p.class_index], [row], s=60, facecolors="none", edgecolors=PRED_COLOUR, linewidths=1.5)
     decimals = grid_decimals(grid)
     ax.set_xticks(range(len(grid)), [f"{g:+.{decimals}f}" for g in grid], rotation=90, fontsize=8)
-    ax.set_yticks(range(len(preds)), [offset_words(p.injected_offset_sec) for p in preds], fontsize=8)
+    ax.set_yticks(range(len(preds)), [offset_words(p.injected_offset_sec, decimals) for p in preds], fontsize=8)
     ax.set_xlabel("offset class (s; + = audio early, - = audio late)")
     ax.set_ylabel("audio shifted by")
-    ax.set_title("probability of every offset class, for several shifts", fontsize=10)
+    ax.set_title("probability of every offset class, for several shifts\n"
+                 "red ring: the model's answer; green box: the injected shift (the right answer)", fontsize=9)
     fig.colorbar(image, ax=ax, label="probability", pad=0.01)
-    handles = [Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor=PRED_COLOUR,
-                      label="model's answer"),
-               Patch(fill=False, edgecolor=TARGET_COLOUR, lw=2, label="injected shift (the right answer)")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
