@@ -4,7 +4,7 @@
     python scripts/regenerate_goldens.py demo       # one
 
 The goldens live in tests/notebooks/ and are checked by `python -m pytest` (nbval, --nbval-lax: only cells
-marked `# NBVAL_CHECK_OUTPUT` are compared, after tests/notebooks/sanitize.cfg). Run this after a deliberate
+tagged `nbval-check-output` are compared, after tests/notebooks/sanitize.cfg). Run this after a deliberate
 change of the tiny model or of what those cells print, and review the diff.
 
 What nbval compares is coarse text that another machine's rounding cannot change: the top-1 offset and class

@@ -51,6 +51,7 @@ from .io import _check_readable, iter_audio, iter_video, read_audio
 from .manifests import read_manifest
 from .model import Synchformer, check_precision, load_model, resolve_device
 from .predict import check_batch_size, logits_to_prediction
+from .rounding import round_desync, round_summary
 from .timeline import (
     DEFAULT_BATCH_SIZE, WindowPlan, audio_segment_features, check_offset_model, video_segment_features,
     windows_logits,
@@ -466,8 +467,11 @@ def _finished_rows(csv_path: Path, protocol: str) -> dict[tuple[str, str], dict]
 
 
 def _write_rows(path: Path, rows: Iterable[dict], mode: str) -> None:
+    """Append (``mode`` "a") or write ("w", with the header) ``rows`` to the CSV, numbers rounded
+    (:func:`synchlib.rounding.round_desync`)."""
+    table = round_desync(pd.DataFrame(list(rows), columns=DESYNC_COLUMNS))
     with path.open(mode, newline="", encoding="utf-8") as f:
-        pd.DataFrame(list(rows), columns=DESYNC_COLUMNS).to_csv(f, index=False, header=mode == "w")
+        table.to_csv(f, index=False, header=mode == "w")
         f.flush()
 
 
@@ -632,5 +636,5 @@ def run_desync(args: argparse.Namespace, echo: Callable[[str], None] = print) ->
     _, summary = desync(model, items, csv_path=args.csv, precision=args.precision, batch_size=args.batch_size,
                         progress=getattr(args, "progress", True), protocol=protocol,
                         workers=workers)
-    echo(json.dumps({**summary, "csv": str(args.csv)}))
+    echo(json.dumps({**round_summary(summary), "csv": str(args.csv)}))
     return 0 if summary["n"] else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -54,22 +55,50 @@ def write_clip_video(clip: Clip, path: str | Path, *, fps: int | None = None, sa
 
 
 def show_clip(clip: Clip, path: str | Path = "model_input.mp4"):
-    """An IPython ``Video`` widget (embedded) of :func:`write_clip_video`'s output, for notebooks."""
-    from IPython.display import Video
+    """An embedded HTML5 video of :func:`write_clip_video`'s output, for notebooks; its first frame is the poster,
+    so the video is not blank in a static report or before it plays."""
+    import base64
+    import io
 
-    return Video(str(write_clip_video(clip, path)), embed=True, mimetype="video/mp4")
+    import matplotlib.image
+    from IPython.display import HTML
+
+    video = base64.b64encode(write_clip_video(clip, path).read_bytes()).decode("ascii")
+    first = clip.frames[0]
+    scale = max(1, int(np.ceil(PREVIEW_MIN_SIDE / min(first.shape[:2]))))
+    poster = io.BytesIO()
+    matplotlib.image.imsave(poster, np.repeat(np.repeat(first, scale, axis=0), scale, axis=1), format="png")
+    poster_uri = "data:image/png;base64," + base64.b64encode(poster.getvalue()).decode("ascii")
+    return HTML(f'<video controls poster="{poster_uri}" src="data:video/mp4;base64,{video}"></video>')
 
 
-def offset_explorer(model, video, start_sec: float = 0.0):
-    """An ipywidgets slider over the offset grid: each move re-runs only the audio branch and the
-    synchronisation head (visual features are computed once, see :class:`synchlib.sweep.Predictor`).
-    Headless runs (papermill) just display nothing interactive."""
+def shift_predictions(predictor: Predictor, offsets: Sequence[float], start_sec: float = 0.0) -> list:
+    """Predictions (:class:`synchlib.predict.Prediction`) for the window at ``start_sec`` with the audio shifted
+    by each of ``offsets`` that fits the clip (the others are left out), from a
+    :class:`synchlib.sweep.Predictor` with a video set: its cached visual features are computed at most once,
+    each shift costs the audio branch and the synchronisation transformer only."""
+    cfg = predictor.cfg
+    fitting = [float(o) for o in offsets if predictor.fits(float(o), start_sec)]
+    if not fitting:
+        return []
+    logits = predictor.logits(fitting, start_sec)
+    return [
+        logits_to_prediction(lg, cfg.grid, kind=cfg.sync.head, target_class=offset_class(round(o, 2), cfg.data),
+                             injected_offset_sec=o, start_sec=start_sec)
+        for o, lg in zip(fitting, logits)
+    ]  # fmt: skip
+
+
+def offset_explorer(predictor: Predictor, start_sec: float = 0.0):
+    """An ipywidgets slider over the offset grid, for a live kernel: each move re-runs only the audio branch and
+    the synchronisation head of a :class:`synchlib.sweep.Predictor` with a video set (its visual features are
+    cached). A static report cannot run it: show :func:`shift_predictions` with
+    :func:`synchlib.plot.shift_probabilities` there (the HTML export drops widget outputs)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    pr = Predictor(model).set_video(video)
-    grid = model.cfg.grid
+    grid = predictor.cfg.grid
     step = float(grid[1] - grid[0]) if len(grid) > 1 else 0.2
     slider = widgets.FloatSlider(value=0.0, min=float(grid[0]), max=float(grid[-1]), step=step,
                                  description="offset (s)", continuous_update=False)
@@ -79,16 +108,11 @@ def offset_explorer(model, video, start_sec: float = 0.0):
         off = round(float(slider.value), 2)
         with out:
             out.clear_output(wait=True)
-            try:
-                logits = pr.logits([off], start_sec)[0]
-            except Exception as e:  # e.g. the shift does not fit the clip at this start
-                print(f"cannot shift by {off:+.2f} s here: {e}")
+            preds = shift_predictions(predictor, [off], start_sec)
+            if not preds:
+                print(f"a shift of {off:+.2f} s does not fit the clip at {start_sec:g} s")
                 return
-            pred = logits_to_prediction(logits, grid, kind=model.cfg.sync.head,
-                                        target_class=offset_class(off, model.cfg.data),
-                                        injected_offset_sec=off, start_sec=start_sec)
-            fig = plot.probabilities(pred)
-            plt.show(fig)
+            plt.show(plot.probabilities(preds[0]))
 
     slider.observe(show, names="value")
     display(widgets.VBox([slider, out]))

@@ -7,11 +7,14 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch, Rectangle
 
 from . import sweep
 from .attention import Explanation
-from .predict import Prediction
+from .errors import InvalidArgumentError
+from .predict import Prediction, offset_words
 from .preprocess import Clip
+from .rounding import grid_decimals
 from .timeline import summarize_timeline
 
 TARGET_COLOUR = "tab:green"
@@ -19,26 +22,67 @@ PRED_COLOUR = "tab:red"
 AV_EVENT_COLOUR = "tab:green"
 VISUAL_ONLY_COLOUR = "tab:blue"
 AUDIO_ONLY_COLOUR = "tab:orange"
+VISUAL_COLOUR = "tab:purple"  # attention on the picture
+AUDIO_COLOUR = "tab:orange"  # attention on the sound
+EVENT_COLOURS = {"av_events": AV_EVENT_COLOUR, "visual_only": VISUAL_ONLY_COLOUR, "audio_only": AUDIO_ONLY_COLOUR}
+EVENT_LABELS = {"av_events": "seen and heard", "visual_only": "seen, silent", "audio_only": "heard, not seen"}
+DEFAULT_FPS, DEFAULT_SAMPLE_RATE = 25.0, 16000  # a clip without its decoded file: the model's rates
 
 
 def probabilities(pred: Prediction, ax=None):
-    """Bar plot of the class probabilities over the offset grid; target and prediction highlighted."""
+    """Bar plot of the probabilities of every offset class; the model's answer and the injected shift (the right
+    answer, when there is one) coloured and named in a legend."""
     fig, ax = _fig_ax(ax, (8, 2.8))
     x = np.arange(len(pred.probs))
     colours = ["0.6"] * len(x)
-    colours[pred.class_index] = PRED_COLOUR
     if pred.target_class is not None:
-        colours[pred.target_class] = TARGET_COLOUR if pred.target_class != pred.class_index else PRED_COLOUR
+        colours[pred.target_class] = TARGET_COLOUR
+    colours[pred.class_index] = TARGET_COLOUR if pred.correct else PRED_COLOUR
     ax.bar(x, pred.probs, color=colours)
-    labels = [f"{g:+.1f}" for g in pred.grid] if pred.kind == "offset" else ["not sync.", "synchronisable"]
-    ax.set_xticks(x, labels, rotation=90 if len(x) > 4 else 0)
+    if pred.kind == "offset":
+        ax.set_xticks(x, [f"{g:+.{grid_decimals(pred.grid)}f}" for g in pred.grid], rotation=90)
+        ax.set_xlabel("offset class (s; + = audio early, - = audio late)")
+        answer = offset_words(pred.offset_sec, grid_decimals(pred.grid))
+    else:
+        ax.set_xticks(x, ["not synchronisable", "synchronisable"])
+        answer = pred.answer(pred.class_index)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("audio offset (s, + = audio early)" if pred.kind == "offset" else "class")
     ax.set_ylabel("probability")
-    title = f"predicted {pred.offset_sec:+.2f} s (p={pred.p:.2f})" if pred.kind == "offset" else f"p={pred.p:.2f}"
+    title = f"model's answer: {answer} (p={pred.p:.2f})"
     if pred.target_class is not None:
-        title += f"; injected {pred.injected_offset_sec:+.2f} s"
+        title += f"; injected: {offset_words(pred.injected_offset_sec)}"
     ax.set_title(title)
+    legend = {"model's answer (right)": TARGET_COLOUR} if pred.correct else {"model's answer": PRED_COLOUR}
+    if pred.target_class is not None and not pred.correct:
+        legend["injected shift (the right answer)"] = TARGET_COLOUR
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in legend.items()], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def shift_probabilities(preds: Sequence[Prediction], ax=None):
+    """Probabilities of every offset class (columns) with the audio shifted by each amount (rows), one
+    :class:`Prediction` per row (:func:`synchlib.media.shift_predictions`): the static view of the offset
+    slider. The model's answer is ringed red, the injected shift (the right answer) boxed green. No predictions:
+    an :class:`InvalidArgumentError`."""
+    if not preds:
+        raise InvalidArgumentError("no predictions to show: no shift fits the clip at this start")
+    probs = np.stack([p.probs for p in preds])  # (shifts, classes)
+    grid = preds[0].grid
+    fig, ax = _fig_ax(ax, (8, 1.8 + 0.3 * len(preds)))
+    image = ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=max(float(probs.max()), 1e-6), aspect="auto")
+    for row, p in enumerate(preds):
+        if p.target_class is not None:
+            ax.add_patch(Rectangle((p.target_class - 0.5, row - 0.5), 1, 1, fill=False, edgecolor=TARGET_COLOUR, lw=2))
+        ax.scatter([p.class_index], [row], s=60, facecolors="none", edgecolors=PRED_COLOUR, linewidths=1.5)
+    decimals = grid_decimals(grid)
+    ax.set_xticks(range(len(grid)), [f"{g:+.{decimals}f}" for g in grid], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(preds)), [offset_words(p.injected_offset_sec, decimals) for p in preds], fontsize=8)
+    ax.set_xlabel("offset class (s; + = audio early, - = audio late)")
+    ax.set_ylabel("audio shifted by")
+    ax.set_title("probability of every offset class, for several shifts\n"
+                 "red ring: the model's answer; green box: the injected shift (the right answer)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="probability", pad=0.01)
     fig.tight_layout()
     return fig
 
@@ -47,7 +91,7 @@ def frames_strip(clip: Clip, n: int = 12, events: Sequence[float] = (), ax=None)
     """``n`` evenly spaced frames of the window the model saw, with their times; event frames outlined."""
     idx = np.linspace(0, len(clip.frames) - 1, n).round().astype(int)
     fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 1.7))
-    fps = clip.decoded.fps if clip.decoded else 25.0
+    fps = clip.decoded.fps if clip.decoded else DEFAULT_FPS
     for a, i in zip(np.atleast_1d(axes), idx):
         t = clip.frame_indices[i] / fps
         a.imshow(clip.frames[i])
@@ -61,14 +105,19 @@ def frames_strip(clip: Clip, n: int = 12, events: Sequence[float] = (), ax=None)
 
 
 def spectrogram(clip: Clip, ax=None):
-    """The log-mel input of all segments side by side (segments overlap by half; every other one shown)."""
+    """The log-mel spectrogram the model heard, against time in the window. The model's audio segments overlap
+    by half; every other one is shown, so the picture covers the window once (the last half segment is left out)."""
     fig, ax = _fig_ax(ax, (10, 2.6))
-    segs = clip.aud[::2, 0].numpy()  # (S/2, F, T) non-overlapping
+    sr = clip.decoded.sample_rate if clip.decoded else DEFAULT_SAMPLE_RATE
+    segs = clip.aud[::2, 0].numpy()  # (ceil(S/2), F, T): every other segment, end to end
     img = np.concatenate([s[:, :-1] for s in segs], axis=1)
-    ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
-    ax.set_xlabel("spectrogram frame (10 ms), every other segment")
-    ax.set_ylabel("mel bin")
-    ax.set_title(f"audio the model heard (shifted by {clip.offset_sec:+.2f} s)")
+    stride = int(clip.audio_seg_starts[1] - clip.audio_seg_starts[0]) if len(clip.audio_seg_starts) > 1 else 0
+    seconds = len(segs) * 2 * stride / sr if stride else len(clip.wave) / sr
+    ax.imshow(img, origin="lower", aspect="auto", cmap="magma", extent=(0.0, seconds, 0, img.shape[0]))
+    ax.set_xlabel("time in the window (s)")
+    ax.set_ylabel("pitch (mel band, low to high)")
+    ax.set_title(f"sound the model heard ({offset_words(clip.offset_sec)} on purpose)"
+                 if clip.offset_sec else "sound the model heard (as it is in the file)")
     fig.tight_layout()
     return fig
 
@@ -76,96 +125,115 @@ def spectrogram(clip: Clip, ax=None):
 def waveform(clip: Clip, events: dict[str, Sequence[float]] | None = None, ax=None):
     """The shifted audio crop against source time, with event markers if given."""
     fig, ax = _fig_ax(ax, (10, 2.2))
-    sr = clip.decoded.sample_rate if clip.decoded else 16000
+    sr = clip.decoded.sample_rate if clip.decoded else DEFAULT_SAMPLE_RATE
     t = (clip.audio_start_sample + np.arange(len(clip.wave))) / sr
     ax.plot(t, clip.wave, lw=0.5, color="k")
     _mark_events(ax, events)
     ax.set_xlabel("time in the source audio (s)")
-    ax.set_title("audio crop (source time)")
+    ax.set_title("the sound of the window")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def attention_timeline(ex: Explanation, events: dict[str, Sequence[float]] | None = None, ax=None):
-    """OFF-token attention on each visual and audio token against source time; events marked."""
-    fig, ax = _fig_ax(ax, (10, 3))
-    vt, at = ex.visual_times, ex.audio_times
-    ax.bar(vt, ex.off_visual.reshape(-1), width=0.07, color="tab:purple", alpha=0.7, label="visual tokens")
-    ax.bar(at, ex.off_audio.reshape(-1), width=0.09, color="tab:orange", alpha=0.6, label="audio tokens (source time)")
-    _mark_events(ax, events)
-    ax.set_xlabel("time in the source (s)")
-    ax.set_ylabel("OFF-token attention")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("where the offset token looks (mean over heads and blocks)")
-    fig.tight_layout()
+def attention_timeline(ex: Explanation, events: dict[str, Sequence[float]] | None = None):
+    """The OFF token's attention on each visual token (top) and audio token (bottom) against time in the
+    source, each panel on its own scale and labelled with its share of the attention; events marked, named in a
+    legend below the panels (only the kinds that fall in view)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), sharex=True, layout="constrained")
+    total = float(ex.off_visual.sum() + ex.off_audio.sum())
+    for ax, times, att, colour, what in (
+        (top, ex.visual_times, ex.off_visual, VISUAL_COLOUR, "picture"),
+        (bottom, ex.audio_times, ex.off_audio, AUDIO_COLOUR, "sound"),
+    ):
+        ax.bar(times, att.reshape(-1), width=0.07, color=colour, alpha=0.8)
+        ax.set_ylabel(f"{what}\n({att.sum() / total:.0%} of all)" if total > 0 else what)
+    lo = float(min(ex.visual_times.min(), ex.audio_times.min())) - 0.1
+    hi = float(max(ex.visual_times.max(), ex.audio_times.max())) + 0.1
+    top.set_xlim(lo, hi)
+    _mark_events(top, events)
+    _mark_events(bottom, events)
+    bottom.set_xlabel("time in the source video (s); sound at the time it was taken from")
+    top.set_title("where the offset token looks: attention on the picture and on the sound")
+    handles, labels = bottom.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     return fig
 
 
 def segment_importance(ex: Explanation, ax=None):
-    """Share of the OFF token's attention per segment."""
+    """Share of the OFF token's attention per segment (picture and sound together), by the segment's start in
+    the window."""
     fig, ax = _fig_ax(ax, (7, 2.4))
-    ax.bar(np.arange(len(ex.segment_importance)), ex.segment_importance, color="tab:purple")
-    ax.set_xlabel("segment")
-    ax.set_ylabel("attention share")
+    sr = ex.clip.decoded.sample_rate if ex.clip.decoded else DEFAULT_SAMPLE_RATE
+    starts = ex.clip.audio_seg_starts / sr
+    ax.bar(np.arange(len(ex.segment_importance)), ex.segment_importance, color=VISUAL_COLOUR)
+    ax.set_xticks(np.arange(len(starts)), [f"{t:.2f}" for t in starts], rotation=90, fontsize=8)
+    ax.set_xlabel("segment (its start in the window, s)")
+    ax.set_ylabel("share of attention")
     fig.tight_layout()
     return fig
 
 
 def spatial_overlay(ex: Explanation, n: int = 8):
-    """Spatial attention of the visual aggregation over ``n`` frames (one per visual token, spread out)."""
+    """Spatial attention of the visual aggregation over ``n`` frames (one per visual token, spread out), each
+    titled with its time in the source."""
     clip = ex.clip
     S, tv = ex.spatial.shape[:2]
     tokens = np.linspace(0, S * tv - 1, n).round().astype(int)
+    fps = clip.decoded.fps if clip.decoded else DEFAULT_FPS
     fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.9))
     for a, k in zip(np.atleast_1d(axes), tokens):
         s, t = divmod(int(k), tv)
-        img = clip.frames[ex.token_frames[s, t]]
+        frame = ex.token_frames[s, t]
+        img = clip.frames[frame]
         att = ex.spatial[s, t]
         a.imshow(img)
         a.imshow(att / att.max(), cmap="jet", alpha=0.45, extent=(0, img.shape[1], img.shape[0], 0),
                  interpolation="nearest")
-        a.set_title(f"seg {s} t{t}", fontsize=8)
+        a.set_title(f"{clip.frame_indices[frame] / fps:.2f} s", fontsize=8)
         a.set_xticks([]), a.set_yticks([])
-    fig.suptitle("spatial attention of the visual aggregation", fontsize=9)
+    fig.suptitle("where in the picture the model looks (red: most)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def frequency_attention(ex: Explanation, ax=None):
-    """Frequency attention of the audio aggregation: (frequency patch x audio token) heat map."""
+    """Frequency attention of the audio aggregation: (frequency band x audio token) heat map."""
     fig, ax = _fig_ax(ax, (10, 2.4))
     S, ta, f = ex.freq.shape
     ax.imshow(ex.freq.reshape(S * ta, f).T, origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xlabel("audio token (segment-major)")
-    ax.set_ylabel("frequency patch (low -> high)")
-    ax.set_title("which mel bands feed each audio token")
+    ax.set_xlabel("audio token (segment by segment, in time order)")
+    ax.set_ylabel("pitch band\n(low to high)")
+    ax.set_title("which pitch bands feed each audio token (bright: most)")
     fig.tight_layout()
     return fig
 
 
 def per_offset_accuracy(table: pd.DataFrame, ax=None):
-    """acc@1 and acc@1 within one class per injected offset."""
-    fig, ax = _fig_ax(ax, (8, 2.8))
+    """acc@1 and acc@1 within one class per injected offset; legend below the axes."""
+    fig, ax = _fig_ax(ax, (8, 3.2))
     a = sweep.per_offset_accuracy(table)
-    ax.plot(a.index, a["acc1"], "o-", label="acc@1")
-    ax.plot(a.index, a["acc1_within_one"], "s--", label="acc@1 ±1 class")
+    ax.plot(a.index, a["acc1"], "o-", label="acc@1 (the right offset class)")
+    ax.plot(a.index, a["acc1_within_one"], "s--", label="acc@1 ±1 class (right or a neighbour)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("injected offset (s)")
+    ax.set_xlabel("injected offset (s; + = audio early, - = audio late)")
     ax.set_ylabel("accuracy")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
 def confusion(matrix: np.ndarray, grid: np.ndarray, ax=None):
-    """Confusion matrix (rows: target offset, columns: predicted offset)."""
+    """Confusion matrix (rows: injected offset, columns: predicted offset; + = audio early)."""
     fig, ax = _fig_ax(ax, (5.5, 5))
     ax.imshow(matrix, cmap="Blues")
-    labels = [f"{g:+.1f}" for g in grid]
+    labels = [f"{g:+.{grid_decimals(grid)}f}" for g in grid]
     ax.set_xticks(range(len(grid)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(grid)), labels, fontsize=7)
-    ax.set_xlabel("predicted offset (s)")
-    ax.set_ylabel("injected offset (s)")
+    ax.set_xlabel("predicted offset (s; + = audio early)")
+    ax.set_ylabel("injected offset (s; + = audio early)")
     fig.tight_layout()
     return fig
 
@@ -237,11 +305,11 @@ def _fig_ax(ax, size):
 
 
 def _mark_events(ax, events: dict[str, Sequence[float]] | None) -> None:
-    if not events:
-        return
-    colours = {"av_events": AV_EVENT_COLOUR, "visual_only": VISUAL_ONLY_COLOUR, "audio_only": AUDIO_ONLY_COLOUR}
-    for name, times in events.items():
-        lo, hi = ax.get_xlim()
-        for i, t in enumerate(times):
-            if lo <= t <= hi:
-                ax.axvline(t, color=colours.get(name, "0.5"), ls="--", lw=0.8, label=name if i == 0 else None)
+    """Dashed lines at the events of ``events`` (kind -> times) that fall in the axes' x range; each kind that
+    does is labelled once, in words (:data:`EVENT_LABELS`)."""
+    lo, hi = ax.get_xlim()
+    for kind, times in (events or {}).items():
+        shown = [t for t in times if lo <= t <= hi]
+        for i, t in enumerate(shown):
+            ax.axvline(t, color=EVENT_COLOURS.get(kind, "0.5"), ls="--", lw=0.8,
+                       label=EVENT_LABELS.get(kind, kind.replace("_", " ")) if i == 0 else None)

@@ -85,24 +85,68 @@ class Prediction:
         d["correct"], d["within_one"] = self.correct, self.within_one
         return d
 
+    @property
+    def confidence(self) -> str:
+        """How sure the model is, in words: :func:`how_sure` of ``probs``."""
+        return how_sure(self.probs)
+
+    def answer(self, cls: int) -> str:
+        """Class ``cls`` in words: "audio 1.6 s early (+1.6 s, offset class 16)"; for a synchronisability model
+        "synchronisable" / "not synchronisable"."""
+        if self.kind != "offset":
+            return "synchronisable" if cls == 1 else "not synchronisable"
+        off, decimals = float(self.grid[cls]), grid_decimals(self.grid)
+        return f"{offset_words(off, decimals)} ({off:+.{decimals}f} s, offset class {cls})"
+
+    def injected(self) -> str:
+        """The shift put in on purpose, in words, with its offset class when it has one."""
+        if self.injected_offset_sec == 0:
+            return "no shift injected (the file as it is)"
+        words = f"injected shift: {offset_words(self.injected_offset_sec)}"
+        return words if self.target_class is None else f"{words} (offset class {self.target_class})"
+
     def summary(self, decimals: int = 2) -> str:
-        """Short, stable text: top-k with probabilities rounded to ``decimals`` (used by the notebook checks,
-        so that CPU/GPU rounding differences do not show)."""
-        lines = [f"injected offset {self.injected_offset_sec:+.2f} s, start {self.start_sec:g} s, target class {self.target_class}"]
-        for off, cls, p in self.topk:
-            label = f"{off:+.2f} s" if self.kind == "offset" else ("synchronisable" if cls == 1 else "not synchronisable")
-            lines.append(f"  {label:>8} (class {cls:2d}) p={p:.{decimals}f}")
+        """Short, stable text: the injected shift, then the top-k answers with probabilities rounded to
+        ``decimals`` (used by the notebook checks, so that CPU/GPU rounding differences do not show)."""
+        lines = [f"{self.injected()}; window from {self.start_sec:g} s"]
+        lines += [f"  {self.answer(cls)}  p={p:.{decimals}f}" for _, cls, p in self.topk]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        lines = [f"{self.video or 'clip'} (start {self.start_sec:g} s, injected offset {self.injected_offset_sec:+.2f} s)"]
-        for off, cls, p in self.topk:
-            mark = " <- target" if cls == self.target_class else ""
-            label = f"{off:+.2f} s" if self.kind == "offset" else ("synchronisable" if cls == 1 else "not synchronisable")
-            lines.append(f"  p={p:.4f}  {label} (class {cls}){mark}")
+        lines = [f"{self.video or 'clip'}: {self.injected()}; window from {self.start_sec:g} s"]
+        for _, cls, p in self.topk:
+            mark = "  <- the injected shift" if cls == self.target_class and self.injected_offset_sec != 0 else ""
+            lines.append(f"  p={p:.4f}  {self.answer(cls)}{mark}")
+        lines.append(f"  how sure: {self.confidence}")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def offset_words(offset_sec: float, decimals: int | None = None) -> str:
+    """An offset in plain words (+ = audio ahead of the picture): "audio 1.2 s early", "audio 0.4 s late",
+    "in sync"; with ``decimals`` (e.g. a grid's) or else to the millisecond, trailing zeros dropped."""
+    ms = round(float(offset_sec) * 1000)
+    if ms == 0:
+        return "in sync"
+    size = f"{abs(ms) / 1000:.{decimals}f}" if decimals is not None else f"{abs(ms) / 1000:g}"
+    return f"audio {size} s {'early' if ms > 0 else 'late'}"
+
+
+def how_sure(probs) -> str:
+    """The top-1 probability against the runner-up and against chance (1 / classes), e.g.
+    "p=0.29: 2.1x the runner-up (0.14), 6.1x chance (0.048)". ``probs``: (classes,) probabilities."""
+    p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
+    if len(p) < 2:
+        return f"p={p[0]:.2f} (the model has one class)"
+    chance = 1.0 / len(p)
+    runner_up = f"{_times(p[0] / p[1])} the runner-up ({p[1]:.2g})" if p[1] > 0 else "the runner-up has p=0"
+    return f"p={p[0]:.2f}: {runner_up}, {_times(p[0] / chance)} chance ({chance:.2g})"
+
+
+def _times(ratio: float) -> str:
+    """A ratio as "2.1x" (one decimal below 10) or "35x"."""
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:,.0f}x"
 
 
 def input_warnings(clip: Clip) -> list[str]:

@@ -110,13 +110,14 @@ def find_notebook(name: str | Path) -> Path:
 
 
 def to_html(ipynb: Path) -> Path:
-    """Write ``<name>.html`` next to an executed notebook (nbconvert's HTML exporter, outputs embedded)."""
+    """Write ``<name>.html`` next to an executed notebook: the report a person reads
+    (:func:`synchlib.report_html.notebook_html`: parameters once, plumbing hidden, images embedded)."""
     import nbformat
-    from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(ipynb), as_version=4))
+    from .report_html import notebook_html
+
     out = ipynb.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
+    out.write_text(notebook_html(nbformat.read(str(ipynb), as_version=4)), encoding="utf-8")
     return out
 
 

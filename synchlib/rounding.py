@@ -25,6 +25,10 @@ TIME_COLUMNS = ("start_sec", "end_sec", "center_sec")
 OFFSET_COLUMNS = ("predicted_offset_sec", "offset_2_sec", "offset_3_sec")
 PROB_COLUMNS = ("p", "p_2", "p_3")
 LOGIT_COLUMNS = ("entropy",)
+DESYNC_OFFSET_COLUMNS = ("first_offset_sec", "last_offset_sec")  # grid values
+DESYNC_MEAN_COLUMNS = ("desync_sec",)  # the mean of two |grid values|: one decimal more than the grid
+DESYNC_PROB_COLUMNS = ("first_p", "last_p")
+DESYNC_TIME_COLUMNS = ("duration_sec",)
 
 
 def grid_decimals(grid: Iterable[float]) -> int:
@@ -53,8 +57,22 @@ def round_table(table: "pd.DataFrame", grid: Iterable[float]) -> "pd.DataFrame":
     return table.round({c: d for c, d in decimals.items() if c in table.columns})
 
 
-def round_summary(summary: dict[str, float]) -> dict[str, float]:
-    """A summary's numbers (:func:`synchlib.sweep.summarize`, :func:`synchlib.timeline.summarize_timeline`) as
-    plain Python numbers, floats rounded to :data:`SUMMARY_DECIMALS` (NaN stays NaN)."""
-    return {k: int(v) if isinstance(v, (int, np.integer)) else round(float(v), SUMMARY_DECIMALS)
+def round_desync(table: "pd.DataFrame") -> "pd.DataFrame":
+    """A copy of a DeSync table (:data:`synchlib.desync.DESYNC_COLUMNS`) with its numbers rounded: the two
+    offsets to the decimals of the grid they come from (:func:`grid_decimals` of the offsets themselves: they are
+    grid values, so this writes each exactly), ``desync_sec`` to one decimal more (a mean of two of them),
+    probabilities and durations as the constants above say; NaN (failed pairs) stays NaN."""
+    offsets = table[list(DESYNC_OFFSET_COLUMNS)].to_numpy(dtype=np.float64).ravel()
+    off = grid_decimals(offsets[np.isfinite(offsets)])
+    decimals = {c: off for c in DESYNC_OFFSET_COLUMNS} | {c: off + 1 for c in DESYNC_MEAN_COLUMNS}
+    decimals |= {c: PROB_DECIMALS for c in DESYNC_PROB_COLUMNS} | {c: TIME_DECIMALS for c in DESYNC_TIME_COLUMNS}
+    return table.round(decimals)
+
+
+def round_summary(summary: dict) -> dict:
+    """A summary (:func:`synchlib.sweep.summarize`, :func:`synchlib.timeline.summarize_timeline`,
+    :func:`synchlib.desync.summarize_desync`) with its numbers as plain Python numbers, floats rounded to
+    :data:`SUMMARY_DECIMALS` (NaN stays NaN); other values (lists, text) as they are."""
+    return {k: int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            else round(float(v), SUMMARY_DECIMALS) if isinstance(v, (float, np.floating)) else v
             for k, v in summary.items()}  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -183,3 +185,25 @@ def test_rows_carry_logits_and_protocol(model, cfg, clips):
     assert row["first_offset_sec"] == pytest.approx(float(grid[row["first_logits"].argmax()]))
     assert row["last_offset_sec"] == pytest.approx(float(grid[row["last_logits"].argmax()]))
     assert "first_logits" not in clip_desync(model, clips["video"])
+
+
+def test_csv_and_summary_numbers_are_rounded(model, clips, tmp_path, capsys):
+    """The CSV and the printed summary carry no float32 noise: offsets written as grid values (0.6, not
+    0.6000000238418579), DeSync to one decimal more, probabilities to 6 decimals."""
+    out = tmp_path / "desync.csv"
+    args = argparse.Namespace(source=clips["dir"], audio_dir=None, csv=out, checkpoint=str(
+        save_checkpoint(tmp_path / "tiny.pt", model.state_dict(), dict(model.cfg.raw))), device="cpu",
+        precision="fp32", batch_size=8, workers=0, progress=False)  # fmt: skip
+    run_desync(args)
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    with out.open(newline="") as f:
+        scored = [row for row in csv.DictReader(f) if not row["error"]]
+    assert scored
+    for row in scored:
+        for column in ("first_offset_sec", "last_offset_sec"):
+            assert len(row[column].split(".")[-1]) <= 1, row  # the 0.2 s grid: one decimal
+        assert len(row["desync_sec"].split(".")[-1]) <= 2, row
+        for column in ("first_p", "last_p"):
+            assert len(row[column].split(".")[-1]) <= 6, row
+    numbers = re.findall(r"\d+\.\d+", summary)
+    assert numbers and all(len(n.split(".")[1]) <= 6 for n in numbers), summary

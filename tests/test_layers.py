@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synchlib"
 # bottom to top; a module may import modules of lower layers only
 LAYERS: list[set[str]] = [
     {"errors", "rounding", "quiet"},
-    {"checks", "config", "paths", "nbparams"},
+    {"checks", "config", "paths", "nbparams", "report_html"},
     {"io", "checkpoints", "manifests"},
     {"model"},
     {"preprocess"},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,84 @@ def test_batch_report_records_failures_and_rerun_only_redoes_them(tmp_path, ckpt
     again = batch_report(manifest, out, NOTEBOOK, params, workers=2, progress=False)
     redone = {r["name"] for r in again if (out / r["name"] / "status.json").stat().st_mtime_ns != mtimes[r["name"]]}
     assert redone == failed
+
+
+# ---- the report a person reads (HTML export; tests/test_render.py renders the real reports in a browser) ----------
+
+
+def _plumbed_notebook(path: Path) -> Path:
+    """An executed notebook as papermill leaves one: an install cell, the defaults, papermill's injected cell, a
+    cell checked by nbval (comment marker), a widget, a cell whose code is plumbing, a cell that is all plumbing."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    def cell(source, tags=(), outputs=()):
+        c = new_code_cell(source, outputs=list(outputs))
+        if tags:
+            c.metadata["tags"] = list(tags)
+        return c
+
+    text = lambda s: new_output("stream", name="stdout", text=s)  # noqa: E731
+    widget = new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x",
+                        "version_major": 2, "version_minor": 0}, "text/plain": "FloatSlider(value=0.0)"})
+    nb = new_notebook(cells=[
+        cell('subprocess.run([sys.executable, "-m", "pip", "install", "x"])', ["install"]),
+        cell('checkpoint = "released-default"  # which model\nvideo = "clip-default.mp4"\nstart_sec = 0.0',
+             ["parameters"]),
+        cell('# Parameters\ncheckpoint = "tiny-synthetic"\nvideo = "synthetic-demo"\n', ["injected-parameters"]),
+        cell("# NBVAL_CHECK_OUTPUT\nprint(answer)", outputs=[text("audio 1.2 s early\n")]),
+        cell("explore_offsets(model)", outputs=[widget]),
+        cell("import plumbing_module", ["remove-input"], [text("loaded the model\n")]),
+        cell("save_result_plumbing()", ["remove-cell"]),
+    ])  # fmt: skip
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_html_report_shows_parameters_once_and_hides_plumbing(tmp_path):
+    from synchlib.reports import to_html
+
+    raw = to_html(_plumbed_notebook(tmp_path / "report.ipynb")).read_text()
+    body = raw[raw.index("<body"):]
+    page = html.unescape(re.sub(r"<[^>]*>", "", re.sub(r"<(script|style)\b.*?</\1>", "", body, flags=re.S)))
+    assert page.count("checkpoint") == 1 and "tiny-synthetic" in page and "synthetic-demo" in page
+    assert "released-default" not in page and "clip-default" not in page and "# Parameters" not in page
+    assert "which model" in page and "start_sec" in page  # defaults not replaced and comments stay
+    assert "pip" not in page and "NBVAL" not in page and "plumbing" not in page
+    assert "audio 1.2 s early" in page and "loaded the model" in page and "print" in page
+    assert "FloatSlider" not in page and "application/vnd.jupyter.widget" not in body
+    assert "In [" not in page.replace("\xa0", " ") and "Out[" not in page
+
+
+def test_merged_parameters_keep_layout_and_refuse_code():
+    from synchlib.report_html import merged_parameters
+
+    defaults = 'a = 1  # one\nname = "é"\nlist_ = [1,\n         2]  # two lines\n'
+    assert merged_parameters(defaults, '# Parameters\nlist_ = [3]\nname = "ü"\nextra = None\n') == (
+        'a = 1  # one\nname = "ü"\nlist_ = [3]  # two lines\nextra = None')
+    assert merged_parameters("a = (", "a = 2") is None
+
+
+def test_prediction_text_in_plain_words():
+    """Offsets as "audio ... early/late", offset classes named as such, and how sure the model is: the top-1
+    probability against the runner-up and against chance."""
+    import numpy as np
+    import torch
+
+    from synchlib.predict import logits_to_prediction
+
+    grid = np.round(np.arange(-2.0, 2.01, 0.2), 1).astype(np.float32)
+    probs = np.full(21, 0.25 / 19)
+    probs[16], probs[3] = 0.5, 0.25  # class 16 = +1.2 s, class 3 = -1.4 s
+    pred = logits_to_prediction(torch.log(torch.tensor(probs)), grid, target_class=16, injected_offset_sec=1.2,
+                                start_sec=1.0, k=2)
+    assert pred.summary(decimals=1).splitlines() == [
+        "injected shift: audio 1.2 s early (offset class 16); window from 1 s",
+        "  audio 1.2 s early (+1.2 s, offset class 16)  p=0.5",
+        "  audio 1.4 s late (-1.4 s, offset class 3)  p=0.2",
+    ]
+    assert "how sure: p=0.50: 2.0x the runner-up (0.25), 10x chance (0.048)" in str(pred)
+    as_is = logits_to_prediction(torch.log(torch.tensor(probs[::-1].copy())), grid, target_class=10, k=1)
+    assert as_is.summary().splitlines()[:2] == ["no shift injected (the file as it is); window from 0 s",
+                                                "  audio 1.2 s late (-1.2 s, offset class 4)  p=0.50"]
