@@ -42,6 +42,7 @@ from .io import probe
 from .manifests import INDEX_HTML, MAX_NAME_CHARS, SUMMARY_CSV, read_manifest, safe_name
 from .media import write_thumbnail
 from .quiet import KERNEL_ARGUMENTS, quiet_notebook_stack
+from .report_html import notebook_html
 from .synthetic import MANIFEST_COLUMNS
 
 NOTEBOOK_PACKAGE = "synchlib.notebooks"  # the repository's notebooks/ folder, installed as this package
@@ -113,8 +114,6 @@ def to_html(ipynb: Path) -> Path:
     """Write ``<name>.html`` next to an executed notebook: the report a person reads
     (:func:`synchlib.report_html.notebook_html`: parameters once, plumbing hidden, images embedded)."""
     import nbformat
-
-    from .report_html import notebook_html
 
     out = ipynb.with_suffix(".html")
     out.write_text(notebook_html(nbformat.read(str(ipynb), as_version=4)), encoding="utf-8")
