@@ -270,12 +270,8 @@ def fetch(
             ``$SYNCHLIB_ALLOW_REDIRECTS`` is ``1``. Redirects within the same scheme, host and port are always
             followed.
 
-    A line on stderr says when the server has sent nothing for a few seconds. A cached file is trusted when its
-    ``.verified`` note matches its size and mtime; otherwise it is hashed again, and deleted and downloaded again
-    if it fails. After the first verified download of a file, its full md5 and sha256 are recorded in
-    ``known_digests.json`` in the cache folder (kept when the file is deleted); from then on a file that matches
-    only the short published prefix is refused. Concurrent fetches (threads or processes) download once: the
-    others wait for it, then use the verified file.
+    A line on stderr says when the server has sent nothing for a few seconds. How cached files are trusted, how
+    full digests are recorded and how concurrent fetches download once: :func:`synchlib.download.fetch_file`.
     """
     limits = download.Limits.start(timeout, stall_timeout, deadline, allow_redirects)
     entry = RELEASED.get(ckpt_id)
@@ -655,13 +651,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return _strip_module_prefix(sd, path), meta
 
 
-def _check_plain(obj: Any, where: str) -> Any:
-    """``obj`` as plain data for :func:`save_checkpoint` (what :func:`read_checkpoint` accepts: dicts with str or
-    int keys, lists, tuples, numbers, strings, bytes, tensors), or a CheckpointError naming ``where``. Linear in
-    the number of objects, like :func:`_to_plain`."""
-    return _to_plain(obj, where, _SAVE_ADVICE, plain_only=True)
-
-
 def save_checkpoint(
     path: str | Path, state_dict: Mapping[str, torch.Tensor], args: Mapping[str, Any], **extra: Any
 ) -> Path:
@@ -681,8 +670,8 @@ def save_checkpoint(
         sd[key] = value.detach().cpu()
     if "model" in extra:
         raise CheckpointError("pass the weights as state_dict, not as model=")
-    plain_args = _check_plain(args, "args")
-    plain_extra = {key: _check_plain(value, key) for key, value in extra.items()}
+    plain_args = _to_plain(args, "args", _SAVE_ADVICE, plain_only=True)
+    plain_extra = {key: _to_plain(value, key, _SAVE_ADVICE, plain_only=True) for key, value in extra.items()}
     payload: dict[str, Any] = {"model": sd, "args": plain_args, "epoch": 0, "model_type": "Synchformer", **plain_extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as f:

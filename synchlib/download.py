@@ -1,17 +1,12 @@
 """Verified downloads into synchlib's cache: pooch moves the bytes into place, synchlib decides what may arrive.
 
-:func:`fetch_file` puts one file at ``dest`` once, verified:
-
-* pooch (``Pooch.fetch`` with a custom downloader) creates the temporary file beside ``dest``, deletes it when the
-  download fails and renames it into place when the downloader returns, so the cache never holds a partial or
-  corrupt file under its final name;
-* the downloader (:class:`_Downloader`) streams the body over ``requests``, hashes it as it arrives and, before pooch
-  renames it, refuses a file that does not match the expected hash or the full digest recorded for it before.
-
-What pooch cannot do without losing a property stays here: the HTTP loop (pooch's ``HTTPDownloader`` reads whole
-chunks, so a server trickling a byte at a time is never given up on, and it follows redirects to any host); the
-retries (pooch retries a 404 and a hash mismatch too, after fixed pauses that ignore the deadline); the lock (pooch
-has none), under which a killed download's leftovers are removed.
+pooch (``Pooch.fetch`` with a custom downloader) creates the temporary file beside the destination, deletes it when
+a download fails and renames it into place when it succeeds. The downloader (:class:`_Downloader`) streams the body
+over ``requests``, hashes it as it arrives and refuses, before the rename, a file that does not match the expected
+hash or the full digest recorded for it before. What pooch cannot do without losing a property stays here: the HTTP
+loop (pooch's ``HTTPDownloader`` blocks until a whole chunk has arrived, so a server trickling a byte at a time is
+never given up on, and it follows redirects to any host), the retries (pooch would retry a 404 and a hash mismatch,
+after pauses that ignore the deadline) and a lock (pooch has none).
 
 Beside each verified file, ``<name>.verified`` notes its size, mtime, md5 and sha256: a file whose note still matches
 is trusted without hashing it again (~1.1 GB). ``known_digests.json`` in the cache folder keeps the full digests of
@@ -102,18 +97,6 @@ def _write_note(path: Path, digests: Mapping[str, str | None]) -> None:
         f.write(json.dumps(note).encode())
 
 
-def _noted_digests(path: Path) -> dict[str, Any] | None:
-    """The digests the note beside ``path`` records, if the note describes the file as it is now (size, mtime)."""
-    try:
-        note = json.loads(_note_path(path).read_text())
-        st = path.stat()
-    except (OSError, ValueError):
-        return None
-    if not isinstance(note, dict) or note.get("size") != st.st_size or note.get("mtime_ns") != st.st_mtime_ns:
-        return None
-    return {name: note.get(name) for name in _DIGEST_LENGTHS}
-
-
 def _hash_problem(digests: Mapping[str, Any], expected: str, size: int) -> str | None:
     """Why a file with these digests does not match ``expected`` (None if it does)."""
     algorithm, prefix = parse_hash(expected)
@@ -186,10 +169,16 @@ def _record(root: Path, key: str, path: Path, digests: Mapping[str, str], expect
 
 
 def _vouched(path: Path, expected: str | None, root: Path, key: str) -> bool:
-    """True when the note beside ``path`` shows that it passed ``expected`` (and the recorded full digests) and the
-    file has not changed since. Reads only; no hashing."""
-    noted = _noted_digests(path)
-    return noted is not None and _problem(root, key, expected, noted, path.stat().st_size) is None
+    """True when the note beside ``path`` describes the file as it is now (size, mtime) and records digests that
+    pass ``expected`` and the recorded full digests. Reads only; no hashing."""
+    try:
+        note = json.loads(_note_path(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(note, dict) or (note.get("size"), note.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+        return False
+    return _problem(root, key, expected, note, st.st_size) is None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,40 +237,34 @@ def _say(message: str) -> None:
     tqdm.write(f"synchlib: {message}", file=sys.stderr)
 
 
-class _Watch:
-    """Says "waiting for <host>" on stderr when nothing has arrived for a while.
-
-    The downloading thread is then blocked in a socket read, so a helper thread looks at the clock. It only prints
-    and never touches the connection: giving up is left to the socket timeout and the checks between reads.
-    """
+class _Watch(threading.Thread):
+    """Says "waiting for <host>" on stderr when nothing has arrived for a while (once per quiet spell). The
+    downloading thread is then blocked in a socket read, so this thread looks at the clock; it only prints: giving
+    up is left to the socket timeout and the checks between reads."""
 
     def __init__(self, host: str, patience: float):
-        self.host, self.patience = host, patience
-        self.last = time.monotonic()  # when bytes last arrived (or the attempt began)
-        self.told = False  # whether the current quiet spell was reported
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="synchlib-download-watch", daemon=True)
+        super().__init__(name="synchlib-download-watch", daemon=True)
+        self.host, self.patience, self.stop = host, patience, threading.Event()
+        self.arrived()
 
     def __enter__(self) -> _Watch:
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop.set()
+        self.join()
 
     def arrived(self) -> None:
-        self.last, self.told = time.monotonic(), False
+        self.last, self.told = time.monotonic(), False  # when bytes last arrived; whether the quiet was reported
 
-    def _run(self) -> None:
-        while not self._stop.wait(_WATCH_POLL):
+    def run(self) -> None:
+        while not self.stop.wait(_WATCH_POLL):
             quiet = time.monotonic() - self.last
             if not self.told and quiet >= min(_NOTICE_AFTER, self.patience / 2):
                 self.told = True
-                _say(
-                    f"waiting for {self.host}: nothing received for {quiet:.0f} s "
-                    f"(giving up after {self.patience:.3g} s without data)..."
-                )
+                _say(f"waiting for {self.host}: nothing received for {quiet:.0f} s "
+                     f"(giving up after {self.patience:.3g} s without data)...")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -305,32 +288,31 @@ def _host(url: str) -> str:
 
 
 def _open(session: Any, url: str, limits: Limits) -> Any:
-    """GET ``url`` for streaming; follow redirects one hop at a time, only to the same scheme, host and port unless
-    ``limits.allow_redirects``. Returns the ``requests.Response`` of the final hop (status 2xx)."""
-    origin = _origin(url)
-    hop = url
-    for _ in range(_MAX_REDIRECTS + 1):
-        wait = limits.wait()
-        response = session.get(
-            hop, stream=True, allow_redirects=False, timeout=(wait, wait), headers={"Accept-Encoding": "identity"}
-        )
-        if not response.is_redirect:
-            try:
-                response.raise_for_status()
-            except BaseException:
-                response.close()
-                raise
-            return response
-        target = urljoin(hop, response.headers["location"])
-        response.close()
-        if not limits.allow_redirects and _origin(target) != origin:
+    """GET ``url`` for streaming, following redirects (requests does) only to the same scheme, host and port unless
+    ``limits.allow_redirects``: a hook sees each redirect before it is followed. Returns the final response (2xx)."""
+    import requests
+
+    def same_origin_only(response: Any, **kwargs: Any) -> None:
+        target = urljoin(response.url, response.headers.get("location", ""))
+        if response.is_redirect and not limits.allow_redirects and _origin(target) != _origin(url):
+            response.close()
             raise CheckpointError(
                 f"{url} redirects to another host, {_host(target)} ({target}); synchlib follows redirects only "
                 f"within {_host(url)}. If you trust {_host(target)}, set {ENV_ALLOW_REDIRECTS}=1 (or pass "
                 f"allow_redirects=True); or set {ENV_MIRROR} to a server that serves the files directly."
             )
-        hop = target
-    raise CheckpointError(f"{url} redirects more than {_MAX_REDIRECTS} times; set {ENV_MIRROR} to another server")
+
+    session.max_redirects = _MAX_REDIRECTS
+    wait = limits.wait()
+    try:
+        response = session.get(url, stream=True, timeout=(wait, wait), headers={"Accept-Encoding": "identity"},
+                               hooks={"response": same_origin_only})  # fmt: skip
+    except requests.TooManyRedirects:
+        raise CheckpointError(f"{url} redirects more than {_MAX_REDIRECTS} times; set {ENV_MIRROR} to another server")
+    if not response.ok:
+        response.close()
+        response.raise_for_status()
+    return response
 
 
 def _stream(response: Any, out: Any, hashers: list[Any], watch: _Watch, bar: Any, limits: Limits) -> None:
