@@ -1,7 +1,7 @@
 """Model and data configuration, read from Synchformer-style YAML files.
 
 A released checkpoint comes with a ``cfg-<id>.yaml`` written by the reference training code. synchlib reads the
-same structure (see ``synchlib/configs/``), resolves its ``${dotted.path}`` references, and turns the handful of
+same structure (see ``synchlib/configs/``), resolves its ``${dotted.path}`` references with OmegaConf, and turns the handful of
 values that matter for inference into a frozen :class:`Config`. The model (``synchlib.model``) and the
 preprocessing (``synchlib.preprocess``) read every size and rate from it, so the same code runs the released
 ViT-B model and the tiny teaching model.
@@ -183,43 +183,34 @@ class Config:
 # YAML reading
 
 
-_REF = re.compile(r"\$\{([^}:]+)\}")
+# A resolver call, ``${name:...}`` (``${now:...}``, ``${oc.env:...}``), is a function call written in the file:
+# never run on a file's data, kept as text. References to other keys, ``${a.b.c}``, are OmegaConf's to resolve.
+_RESOLVER_CALL = re.compile(r"\$\{\s*[\w.\-]+\s*:")
 
 
-def _lookup(root: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = root
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise KeyError(dotted)
-    return node
-
-
-def resolve_references(tree: Any, root: Mapping[str, Any] | None = None, _depth: int = 0) -> Any:
-    """Resolve OmegaConf-style ``${a.b.c}`` references in a parsed YAML tree.
-
-    A value that is exactly one reference takes the referenced value (with its type); references inside longer
-    strings are substituted as text. Resolver calls such as ``${now:...}`` are left untouched.
-    """
-    root = tree if root is None else root
-    if _depth > 32:
-        raise ConfigError("config references nest too deeply (a cycle?)")
+def _escape_resolver_calls(tree: Any) -> Any:
+    """``tree`` with each string that calls a resolver escaped (``\\${``), so that OmegaConf keeps it as text."""
     if isinstance(tree, Mapping):
-        return {k: resolve_references(v, root, _depth) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [resolve_references(v, root, _depth) for v in tree]
-    if isinstance(tree, str) and "${" in tree:
-        whole = _REF.fullmatch(tree.strip())
-        try:
-            if whole:
-                return resolve_references(_lookup(root, whole.group(1)), root, _depth + 1)
-            return _REF.sub(lambda m: str(resolve_references(_lookup(root, m.group(1)), root, _depth + 1)), tree)
-        except KeyError as e:
-            raise ConfigError(f"config reference ${{{e.args[0]}}} points nowhere; fix or remove it") from None
+        return {k: _escape_resolver_calls(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_escape_resolver_calls(v) for v in tree]
+    if isinstance(tree, str) and _RESOLVER_CALL.search(tree):
+        return tree.replace("${", "\\${")
     return tree
+
+
+def _resolved(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A parsed YAML tree as plain dicts and lists with its ``${dotted.path}`` references resolved by OmegaConf: a
+    value that is exactly one reference takes the referenced value (with its type), references inside longer
+    strings are substituted as text. Resolver calls stay text (see :data:`_RESOLVER_CALL`)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(OmegaConf.create(_escape_resolver_calls(raw)), resolve=True)
+    except OmegaConfBaseException as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"config {name!r} cannot be read: {detail}. Fix or remove that reference") from None
 
 
 def _transform_params(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -242,7 +233,7 @@ def _pick(src: Mapping[str, Any], cls: type, renames: Mapping[str, str] = {}) ->
 
 def config_from_dict(raw: Mapping[str, Any], name: str = "custom") -> Config:
     """Build a :class:`Config` from a parsed (reference-style) YAML tree."""
-    raw = resolve_references(dict(raw))
+    raw = _resolved(raw, name)
     try:
         data_raw = raw.get("data") or {}
         params = (raw.get("model") or {}).get("params") or {}

@@ -57,7 +57,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from .config import Config, DataConfig
-from .errors import ClipTooShortError, MissingStreamError, VideoDecodeError, VideoNotFoundError
+from .errors import ClipTooShortError, InvalidArgumentError, MissingStreamError, VideoDecodeError, VideoNotFoundError
 from .paths import cache_dir, file_sha256, source_digest
 
 AudioPriming = Literal["drop", "keep"]
@@ -857,7 +857,7 @@ def decode(path: str | Path, *, audio_priming: AudioPriming = "drop") -> Decoded
     gaps); :func:`read_video` re-encodes such files.
     """
     if audio_priming not in AUDIO_PRIMING_OPTIONS:
-        raise ValueError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
+        raise InvalidArgumentError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
     path = Path(path)
     info = probe(path)
     with _open(path) as c:
@@ -1146,7 +1146,7 @@ def iter_audio(
     Damage and gaps are appended to ``notes`` at the end. Memory: a few decoded frames.
     """
     if audio_priming not in AUDIO_PRIMING_OPTIONS:
-        raise ValueError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
+        raise InvalidArgumentError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
     path = Path(path)
     info = probe(path)
     as_is = is_normalised(info, data)

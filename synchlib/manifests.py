@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import nbparams
-from .errors import SynchlibError
+from .errors import InvalidArgumentError, SynchlibError
 
 SAMPLE_DIR = Path(__file__).parent / "assets" / "samples"
 SAMPLES = {
@@ -34,7 +34,7 @@ def sample_path(name: str) -> Path:
     try:
         return SAMPLE_DIR / SAMPLES[name]
     except KeyError:
-        raise KeyError(f"no sample {name!r}; samples: {', '.join(SAMPLES)}") from None
+        raise InvalidArgumentError(f"no sample {name!r}; samples: {', '.join(SAMPLES)}") from None
 
 
 def resolve_video(video: str | Path) -> Path:

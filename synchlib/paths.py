@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +44,28 @@ def make_folder(path: Path, what: str) -> Path:
     except OSError as e:
         raise SynchlibError(f"cannot create {what} {path}: {e}. Set {ENV_CACHE} to a writable folder.") from None
     return path
+
+
+def temp_sibling(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.part`` in the folder of ``path``, for writing ``path`` atomically."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    return Path(name)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically: the block writes a temporary sibling (:func:`temp_sibling`), which replaces
+    ``path`` once the block has finished without an error and the data is on disk; it is removed otherwise."""
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def hash_stream(f: BinaryIO, nbytes: int, h: Any) -> Any:

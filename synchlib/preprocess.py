@@ -112,7 +112,7 @@ def temporal_crop(
     ``a_start`` of at most one video frame is clamped to 0.
     """
     if start_sec < 0:
-        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+        raise InvalidArgumentError(f"start_sec must be >= 0, got {start_sec}")
     offset = round(float(offset_sec), 2)
     v_len = int(data.crop_len_sec * data.vfps)
     a_len = int(data.crop_len_sec * data.afps)

@@ -15,7 +15,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import types
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -350,8 +349,9 @@ def test_resolve_checkpoint(env: Path, server: FileServer, fake: bytes, tmp_path
 
 def released_like(tmp_path: Path) -> tuple[Path, Any]:
     """A checkpoint pickled exactly like the reference training code does (OmegaConf args, numpy metrics, ...)."""
-    omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (a test-only dependency) is not installed")
-    cfg = omegaconf.OmegaConf.create({
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({
         "action": "train_avsync_model",
         "start_time": "24-01-04T16-39-21",
         "model": {"target": "model.sync_model.Synchformer",
@@ -360,6 +360,7 @@ def released_like(tmp_path: Path) -> tuple[Path, Any]:
         "data": {"vfps": 25, "afps": 16000, "crop_len_sec": 5.0, "num_off_cls": 21, "rgb_mean": [0.5, 0.5, 0.5],
                  "nested": [[1, 2], {"a": -3}], "big": 2**40, "empty": {}, "el": [], "flag": True},
         "training": {"num_classes": "${data.num_off_cls}", "text": "fps ${data.vfps}", "missing": "???",
+                     "home": "${oc.env:SYNCHLIB_TEST_SECRET}",
                      "optimizer": {"betas": [0.9, 0.999]}},
     })  # fmt: skip
     model = torch.nn.Linear(3, 2)
@@ -394,8 +395,7 @@ def test_read_released_layout_with_omegaconf_args(tmp_path: Path, monkeypatch: p
     from omegaconf import OmegaConf
 
     expected_args = OmegaConf.to_container(cfg, resolve=False)
-    for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
-        monkeypatch.setitem(sys.modules, name, None)  # reading must not import omegaconf
+    monkeypatch.setenv("SYNCHLIB_TEST_SECRET", "s3cr3t")  # a resolver in the file must not read it
 
     sd, meta = ck.read_checkpoint(path)
 
@@ -405,6 +405,7 @@ def test_read_released_layout_with_omegaconf_args(tmp_path: Path, monkeypatch: p
     assert type(meta["args"]) is dict and type(meta["args"]["data"]["rgb_mean"]) is list
     assert meta["args"]["training"]["num_classes"] == "${data.num_off_cls}"  # references kept as text
     assert meta["args"]["training"]["missing"] == "???"
+    assert meta["args"]["training"]["home"] == "${oc.env:SYNCHLIB_TEST_SECRET}"  # never resolved
     assert meta["epoch"] == 12 and meta["model_type"] == "Synchformer" and meta["loss"] == 1.25
     m = meta["metrics"]
     assert m == {"accuracy_1": 0.466, "accuracy_5_median": 0.5, "n": 7, "ok": True, "accuracy_1_tol1": 0.67}
@@ -414,12 +415,16 @@ def test_read_released_layout_with_omegaconf_args(tmp_path: Path, monkeypatch: p
 
 
 def test_allow_list_is_what_the_released_layout_needs(tmp_path: Path) -> None:
-    """Every global beyond torch's defaults in a released-layout file is covered by a synchlib stand-in."""
+    """Every global beyond torch's defaults in a released-layout file is on synchlib's allow-list, as the real
+    OmegaConf classes (no stand-ins)."""
+    from omegaconf import DictConfig
+
     path, _ = released_like(tmp_path)
     needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    allowed = {name for _, name in ck._SAFE_GLOBALS}
-    assert needed - allowed == set()
     assert {"omegaconf.dictconfig.DictConfig", "omegaconf.nodes.AnyNode", "numpy.dtype"} <= needed
+    with torch.serialization.safe_globals(ck._safe_globals()):
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    assert DictConfig in ck._safe_globals()
 
 
 def test_released_args_build_a_config(tmp_path: Path) -> None:
@@ -581,23 +586,25 @@ PLACEHOLDER = "KEY-PLACEHOLDER"
 GUARD_S = 120
 
 
-def standin_classes(mp: pytest.MonkeyPatch) -> dict[str, type]:
-    """Classes that pickle under omegaconf's names, as the released configs do, without needing omegaconf."""
-    out: dict[str, type] = {}
-    mp.setitem(sys.modules, "omegaconf", types.ModuleType("omegaconf"))
-    for module, name in [("omegaconf.dictconfig", "DictConfig"), ("omegaconf.nodes", "AnyNode")]:
-        mod = types.ModuleType(module)
-        cls = type(name, (), {"__module__": module})
-        setattr(mod, name, cls)
-        mp.setitem(sys.modules, module, mod)
-        out[name] = cls
-    return out
+def config_node(content: Any) -> Any:
+    """A real OmegaConf DictConfig holding ``content`` as it is (shared or cyclic), as a crafted file can."""
+    from omegaconf import DictConfig
+
+    node = DictConfig({})
+    node.__dict__["_content"] = content
+    return node
 
 
-def node(cls: type, **state: Any) -> Any:
-    obj = cls.__new__(cls)
-    obj.__dict__.update(state)
-    return obj
+class CallsConfig:
+    """Pickles as a call of DictConfig on ``content`` (GLOBAL + REDUCE), which copies it node by node."""
+
+    def __init__(self, content: Any):
+        self.content = content
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        from omegaconf import DictConfig
+
+        return DictConfig, (self.content,)
 
 
 def with_key_ops(path: Path, ops: bytes) -> None:
@@ -623,33 +630,45 @@ def tuple_dag_ops(levels: int) -> bytes:
     return ops
 
 
+def node_key_ops(levels: int) -> bytes:
+    """Opcodes for an OmegaConf AnyNode (created and filled in, as the released files do) whose value is the shared
+    tuple of :func:`tuple_dag_ops`: hashing the node hashes its value."""
+    val = b"\x8c\x04_val"  # SHORT_BINUNICODE "_val"
+    return b"comegaconf.nodes\nAnyNode\n)\x81}" + val + tuple_dag_ops(levels) + b"sb"  # NEWOBJ, {_val: t}, BUILD
+
+
 def write_bomb(shape: str, path: Path) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        cls = standin_classes(mp)
-        if shape == "tuple_key_dag":
-            return with_key_ops(path, tuple_dag_ops(LEVELS))
-        if shape == "deep_tuple_key":
-            return with_key_ops(path, b")" + b"\x85" * DEEP)  # EMPTY_TUPLE, then TUPLE1 again and again
-        if shape in ("list_cycle", "dict_cycle", "config_cycle"):
-            if shape == "list_cycle":
-                value: Any = []
-                value += [value, value]
-            elif shape == "dict_cycle":
-                value = {}
-                value.update(a=value, b=value)
-            else:
-                value = node(cls["DictConfig"], _content={}, _parent=None)
-                value._content.update(a=value, b=value)
+    from omegaconf.nodes import AnyNode
+
+    if shape == "tuple_key_dag":
+        return with_key_ops(path, tuple_dag_ops(LEVELS))
+    if shape == "deep_tuple_key":
+        return with_key_ops(path, b")" + b"\x85" * DEEP)  # EMPTY_TUPLE, then TUPLE1 again and again
+    if shape == "node_key_dag":
+        return with_key_ops(path, node_key_ops(LEVELS))
+    if shape in ("list_cycle", "dict_cycle", "config_cycle"):
+        if shape == "list_cycle":
+            value: Any = []
+            value += [value, value]
+        elif shape == "dict_cycle":
+            value = {}
+            value.update(a=value, b=value)
         else:
-            value = node(cls["AnyNode"], _val=1) if shape == "config_dag" else 1
-            for _ in range(LEVELS):
-                value = {
-                    "list_dag": lambda v: [v, v],
-                    "dict_dag": lambda v: {"a": v, "b": v},
-                    "tuple_dag": lambda v: (v, v),
-                    "config_dag": lambda v: node(cls["DictConfig"], _content={"a": v, "b": v}, _parent=None),
-                }[shape](value)
-        torch.save({"model": tiny_state_dict(), "args": {"x": value}, "epoch": 1}, path)
+            value = config_node({})
+            value._content.update(a=value, b=value)
+    else:
+        value = AnyNode(1) if shape == "config_dag" else 1
+        for _ in range(LEVELS):
+            value = {
+                "list_dag": lambda v: [v, v],
+                "dict_dag": lambda v: {"a": v, "b": v},
+                "tuple_dag": lambda v: (v, v),
+                "config_dag": lambda v: config_node({"a": v, "b": v}),
+                "config_call_dag": lambda v: {"a": v, "b": v},
+            }[shape](value)
+        if shape == "config_call_dag":
+            value = CallsConfig(value)
+    torch.save({"model": tiny_state_dict(), "args": {"x": value}, "epoch": 1}, path)
 
 
 BOMBS = {  # shape -> what the refusal says
@@ -662,6 +681,8 @@ BOMBS = {  # shape -> what the refusal says
     "config_cycle": "contains itself",
     "tuple_key_dag": "dict key built from more than",
     "deep_tuple_key": "dict key built from more than",
+    "node_key_dag": "a dict key that is an object",
+    "config_call_dag": "a call of omegaconf.dictconfig.DictConfig",
 }
 
 READER = """

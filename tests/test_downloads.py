@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from synchlib import checkpoints as ck
-from synchlib import paths
+from synchlib import download, paths
 from synchlib.errors import CheckpointError, InvalidArgumentError
 
 from .helpers import RouteServer
@@ -218,16 +218,20 @@ def test_other_hosts_when_opted_in(env: Path, server: Server, other_server: Serv
 # Killed and concurrent downloads
 
 
-def lock_path(cache: Path, ckpt_id: str, filename: str) -> Path:
-    return cache / ".locks" / ckpt_id / f"{filename}.lock"
+def lock_path(cache: Path, ckpt_id: str) -> Path:
+    return cache / ".locks" / f"{ckpt_id}.lock"
 
 
 def test_partial_files_of_killed_downloads_are_removed(env: Path, server: Server, fake: bytes) -> None:
+    """What killed downloads leave in the id's folder (pooch's temporary files, synchlib's own) is removed under
+    the folder's lock; another folder's files are not this fetch's business."""
     server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
     folder = env / TEST_ID
     folder.mkdir(parents=True)
-    stale = [folder / f".{TEST_ID}.pt.k1ll3d.part", folder / f".{TEST_ID}.pt.verified.x7y8z9.part"]
-    other = folder / f".cfg-{TEST_ID}.yaml.abc123.part"  # another file's: not this fetch's business
+    stale = [folder / "tmpk1ll3d_0", folder / f".{TEST_ID}.pt.verified.x7y8z9.part",
+             folder / f".cfg-{TEST_ID}.yaml.abc123.part"]  # fmt: skip
+    other = env / "another-id" / "tmpk1ll3d_0"
+    other.parent.mkdir()
     for p in [*stale, other]:
         p.write_bytes(b"partial")
     path = fetch_quick()
@@ -241,10 +245,10 @@ def test_live_download_is_waited_for_and_its_file_kept(env: Path, server: Server
     """While another process holds the file's lock (it is downloading), its .part is not touched; a fetch waits
     for it, within its deadline."""
     route = server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
-    live = env / TEST_ID / f".{TEST_ID}.pt.l1v3.part"
+    live = env / TEST_ID / "tmpl1v3_abc"
     live.parent.mkdir(parents=True)
     live.write_bytes(b"being written")
-    held = lock_path(env, TEST_ID, f"{TEST_ID}.pt")
+    held = lock_path(env, TEST_ID)
     held.parent.mkdir(parents=True)
     with filelock.FileLock(held):
         error, elapsed = timed(lambda: fetch_quick(deadline=1.5))
@@ -388,7 +392,7 @@ def test_cached_file_is_checked_against_the_known_digest(env: Path, server: Serv
     registry.write_text(f"id,md5_prefix\n{TEST_ID},{hashlib.md5(other).hexdigest()[:7]}\n")
     monkeypatch.setenv(ck.ENV_REGISTRY, str(registry))
     path.write_bytes(other)
-    ck._write_note(path, {"md5": hashlib.md5(other).hexdigest(), "sha256": hashlib.sha256(other).hexdigest()})
+    download._write_note(path, {"md5": hashlib.md5(other).hexdigest(), "sha256": hashlib.sha256(other).hexdigest()})
     server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", other))
     with pytest.warns(UserWarning, match="not the file verified"), pytest.raises(CheckpointError):
         fetch_quick()

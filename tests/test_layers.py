@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synchlib"
 LAYERS: list[set[str]] = [
     {"errors", "rounding", "quiet"},
     {"checks", "config", "paths", "nbparams", "report_html"},
+    {"download"},
     {"io", "checkpoints", "manifests"},
     {"model"},
     {"preprocess"},

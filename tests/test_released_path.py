@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 import synchlib
-from synchlib import checkpoints
+from synchlib import paths
 from synchlib.config import load_config
 
 from .conftest import RELEASED_ID, assert_close_rel, assert_frames_are_golden, golden
@@ -16,8 +16,8 @@ from .conftest import RELEASED_ID, assert_close_rel, assert_frames_are_golden, g
 def test_load_model_downloads_verifies_caches_and_runs(clips, mirror):
     server, source = mirror
     model = synchlib.load_model(RELEASED_ID, device="cpu", config=load_config(RELEASED_ID).with_segments(2), progress=False)
-    cached = checkpoints.cache_dir() / RELEASED_ID / f"{RELEASED_ID}.pt"
-    assert cached.is_file() and checkpoints.file_md5(cached) == checkpoints.file_md5(source)
+    cached = paths.cache_dir() / RELEASED_ID / f"{RELEASED_ID}.pt"
+    assert cached.is_file() and paths.file_md5(cached) == paths.file_md5(source)
     assert server.requests == 1
     g = golden("A2")  # the first 2 segments of case A: synchlib's own frames [0, 24), checked against the hashes
     assert_frames_are_golden(clips["A"].frames[:24], g["frame_sha256"], "case A2")

@@ -85,7 +85,7 @@ def load_model(
     model = build_model(cfg, device="meta")
     try:
         model.load_state_dict(sd, strict=True, assign=True)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, CheckpointError) as e:
         raise CheckpointError(
             f"{path} does not fit the {cfg.name!r} architecture: {str(e).splitlines()[0]} "
             "(pass the matching config=)"

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SyncConfig
+from ..errors import InvalidArgumentError
 from .attention import attend, merge_heads, split_heads
 
 LN_EPS = 1e-5
@@ -92,7 +93,7 @@ class GlobalTransformer(nn.Module):
         )
         pos = self.pos_emb_cfg.pos_emb
         if x.shape[1] != pos.shape[1]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the synchronisation transformer was built for {pos.shape[1]} tokens but got {x.shape[1]}; "
                 "build the model from a config with the matching data.n_segments (loading a longer released "
                 "table into it keeps its first rows)"

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
+from ..errors import CheckpointError
 from .audio import ASTFeatures
 from .sync import GlobalTransformer
 from .visual import MotionFormer
@@ -79,7 +80,7 @@ class Synchformer(nn.Module):
         want = self.transformer.pos_emb_cfg.pos_emb.shape[1]
         if pos is not None and pos.ndim == 3 and pos.shape[1] != want:
             if pos.shape[1] < want:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint positional table has {pos.shape[1]} rows, the model needs {want}: "
                     "use a config with fewer segments"
                 )
