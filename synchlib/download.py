@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -282,6 +283,11 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
 
 
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***`` (``https://***@host/...``)."""
+    return re.sub(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text, flags=re.I)
+
+
 def _host(url: str) -> str:
     """``host[:port]`` of a URL, without any credentials."""
     return urlsplit(url).netloc.rpartition("@")[2]
@@ -442,6 +448,9 @@ def _download(url: str, dest: Path, downloader: _Downloader, *, fix: str, retrie
     import pooch
 
     store = pooch.Pooch(path=dest.parent, base_url="", registry={dest.name: None}, urls={dest.name: url})
+    # pooch logs "Downloading file ... from <url>" at INFO: the URL may carry a mirror's credentials, and synchlib
+    # says what it fetches itself (progress bar, waiting notices)
+    pooch.get_logger().setLevel(logging.WARNING)
     limits = downloader.limits
     attempts = max(0, int(retries)) + 1
     last: BaseException | None = None
@@ -532,6 +541,9 @@ def fetch_file(
             downloader = _Downloader(
                 limits, lambda d, size: _problem(root, key, expected, d, size), progress=progress, name=dest.name
             )
-            _download(url, dest, downloader, fix=fix, retries=retries, backoff=backoff)
+            try:
+                _download(url, dest, downloader, fix=fix, retries=retries, backoff=backoff)
+            except CheckpointError as e:  # messages name the URL (and the mirror): never show their credentials
+                raise CheckpointError(without_credentials(str(e))) from e.__cause__
             _record(root, key, dest, downloader.digests, expected)
     return dest

@@ -405,3 +405,17 @@ def test_damaged_record_is_a_clear_error(env: Path, server: Server, fake: bytes)
     (env / "known_digests.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="known_digests.json is damaged.*Delete it"):
         fetch_quick()
+
+
+def test_a_download_prints_no_url_credentials(env: Path, server: Server, fake: bytes,
+                                              monkeypatch: pytest.MonkeyPatch, capfd) -> None:  # fmt: skip
+    """A mirror URL may carry a user and password; nothing printed while fetching may show them."""
+    server.serve(TEST_ID, f"{TEST_ID}.pt", ("ok", fake))
+    monkeypatch.setenv(ck.ENV_MIRROR, server.url.replace("http://", "http://reader:s3cret-token@"))
+    assert fetch_quick().read_bytes() == fake
+    out, err = capfd.readouterr()
+    assert "s3cret-token" not in out + err
+    monkeypatch.setitem(ck.RELEASED, "99-01-01T00-00-01", ck.RELEASED[TEST_ID])  # not on the server: 404
+    with pytest.raises(CheckpointError) as failed:  # an error names the URL: without the password
+        fetch_quick("99-01-01T00-00-01")
+    assert "s3cret-token" not in str(failed.value) and "http://***@127.0.0.1" in str(failed.value)
