@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from . import avbench, checks
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
-from .io import _check_readable, iter_audio, iter_video, read_audio
+from .io import _check_readable, iter_audio, iter_video, prepare, read_audio
 from .manifests import read_manifest
 from .model import Synchformer, check_precision, load_model, resolve_device
 from .predict import check_batch_size, logits_to_prediction
@@ -131,17 +131,21 @@ def clip_streams(
     """(frames the two windows can need, by index; number of frames; the mono track at ``afps``).
 
     The track is read whole (one float per sample); of the frames (cropped to the model's input), only the first
-    window's, the window the audio's length allows last, and the last ``window + stride`` are kept.
+    window's, the window the audio's length allows last, and the last ``window + stride`` are kept. Both come from
+    the file ``predict`` reads (:func:`synchlib.io.prepare`); with a separate ``audio`` file the video may be muted.
     """
+    target, report = prepare(video, data, audio=audio is None)
+    if notes is not None:
+        notes += report["notes"]
     if audio is not None:
         track = read_audio(audio, data.afps)
     else:
-        track = np.concatenate(list(iter_audio(video, data, notes=notes)))
+        track = np.concatenate(list(iter_audio(target, data, notes=notes)))
     sv, L, S = data.step_vframes, data.segment_size_vframes, data.n_segments
     n_audio = segment_count(len(track), data.segment_size_asamples, data.step_asamples)
     by_audio = range(sv * (n_audio - S), sv * (n_audio - 1) + L) if n_audio >= S else range(0)
     kept, n_frames = _kept_frames(
-        iter_video(video, data, notes=notes),
+        iter_video(target, data, notes=notes),
         keep=lambda i: i < data.window_vframes or i in by_audio,
         tail=data.window_vframes + sv - 1,
     )
