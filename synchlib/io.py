@@ -1,51 +1,44 @@
 """Reading audio and video: one pipeline from a file to the model's frames and samples, on FFmpeg's filters.
 
-What the model reads. The released models were trained and tested on videos re-encoded by ffmpeg to H.264 at
-25 fps with a 256 px short side and AAC at 16 kHz (the reference runs ``ffmpeg -vf fps=25,scale=iw*256/min(iw,ih):
-ih*256/min(iw,ih),crop=trunc(iw/2)*2:trunc(ih/2)*2 -ar 16000``). synchlib does the same in-process with PyAV (no
-ffmpeg binary needed), and decides once, by the file's headers (:func:`is_normalised`), what is read:
+What is read. The released models were trained and tested on videos that ffmpeg re-encoded to H.264 at 25 fps, a
+256 px short side and AAC at 16 kHz (``ffmpeg -vf fps=25,scale=iw*256/min(iw,ih):ih*256/min(iw,ih),crop=
+trunc(iw/2)*2:trunc(ih/2)*2 -ar 16000``). synchlib decides once, from the headers (:func:`is_normalised`): a file
+already in that format (constant 25 fps, that short side with even sides, 16 kHz, upright, streams starting
+together) is read as it is; any other file is re-encoded once, in-process, into the cache (H.264 + mono AAC in MP4,
+the *normalised copy*), and the copy is read. The H.264/AAC round trip is kept on purpose: the reference makes it
+and the released models' training data went through it. ``predict``, ``sweep``, ``offset_over_time``, ``desync``
+and training all read the file :func:`prepare` names, so they see the same frames and samples (a timeline window
+gives ``predict``'s logits at its start).
 
-* a file already in that format (constant 25 fps, that short side with even sides, 16 kHz, upright, both streams
-  starting together) is read as it is;
-* any other file is re-encoded once into the cache (H.264 + mono AAC in MP4, the *normalised copy*) and the copy
-  is read. The H.264/AAC round trip is kept on purpose: the reference makes it, and the released models' training
-  data went through it. Every reader (``predict``, ``sweep``, ``offset_over_time``, ``desync``, training) reads
-  that same file (:func:`prepare`), so all see the same frames and samples: a timeline window gives the logits of
-  ``predict`` at the same start.
+The pipeline. Each stream runs through an FFmpeg filter graph (``av.filter.Graph``), the same when making the copy
+and when reading (:func:`iter_video`, :func:`iter_audio`: streaming, memory independent of the length), all by
+presentation timestamps:
 
-Reading (:func:`iter_video`, :func:`iter_audio`: streaming, memory independent of the length; :func:`decode` and
-:func:`read_video` collect them) runs each stream through an FFmpeg filter graph (``av.filter.Graph``), the same
-graph that makes the copy, so the rules below hold for both, all by presentation timestamps:
-
-* Orientation: the rotation of the display matrix (phone videos) is applied (``transpose``), so frames are upright
-  as a player shows them. Flips in the matrix are ignored.
-* Frame rate: FFmpeg's ``fps`` filter, timestamps counted from the first frame: output frame ``k`` shows the latest
-  source frame whose time rounds to ``k / 25`` s or earlier, so 29.97, 60, 15 fps and variable frame rates are
-  resampled by time, never by frame count. Timestamps a container stores permuted (AVI with B-frames) are sorted.
+* Orientation: the display matrix's rotation (phone videos) is applied (``transpose``); flips are ignored.
+* Frame rate: the ``fps`` filter, times counted from the first frame: output frame ``k`` shows the latest source
+  frame whose time rounds to ``k / 25`` s or earlier, so 29.97, 60, 15 fps and variable rates are resampled by
+  time, never by count. Timestamps a container stores permuted (AVI with B-frames) are sorted first.
 * Size: ``scale`` (bicubic, the ffmpeg command line's default) by the reference's rule from the stored size (the
   sample aspect ratio is ignored, as there), then ``crop`` to even sides from the top left.
-* Sound: the mean over all channels (``pan``), resampled to 16 kHz by ``aresample`` (swresample), placed by its
-  timestamps (``aresample``'s ``async``): gaps of at least :func:`audio_gap_sec` and packets that fail to decode
-  become silence. In the copy the sound starts at the first video frame: sound that starts later is preceded by
-  silence, sound before it is dropped, so the copy is exactly as much in (or out of) sync as the source.
-* Output: frames (h, w, 3) uint8 RGB as ``VideoFrame.to_ndarray(format="rgb24")`` converts the decoded picture,
-  samples float32 mono. Each stream keeps its own length; :func:`synchlib.preprocess.equalify` cuts the longer one.
+* Sound: the mean over all channels (``pan``), ``aresample`` to 16 kHz placed by timestamps (its ``async``): gaps
+  of at least :func:`audio_gap_sec` and packets that fail to decode become silence. The copy's sound starts at the
+  first video frame (silence before sound that starts later, sound before it dropped), so the copy is exactly as
+  much in (or out of) sync as the source.
+* Output: frames (h, w, 3) uint8 RGB as ``VideoFrame.to_ndarray(format="rgb24")`` converts them, samples float32
+  mono; each stream keeps its length (:func:`synchlib.preprocess.equalify` cuts the longer one).
 * Damage: a packet that fails to decode is skipped (the previous frame stays on screen, its sound is silent) and
-  counted; a read error ends the stream there. Both, gaps in the sound, and a file that ends before its header says
-  are reported as notes (predictions carry them as warnings). More than half of a stream's packets failing is a
+  counted; a read error ends the stream there. Both, gaps, and a file ending before its header says are reported
+  as notes (predictions carry them as warnings). More than half of a stream's packets failing is a
   :class:`VideoDecodeError`.
 
-AAC priming. AAC encoders put ``encoder delay`` samples (1024 for FFmpeg's encoder) before the first real sample
-and mark them for removal (pts -1024, skip-samples side data). Current FFmpeg drops them while decoding; some older
-decoder stacks delivered them, which shifts the audio 64 ms later relative to the video (a known cause of different
-accuracy across PyAV versions). ``audio_priming="drop"`` (the default) gives what the golden fixtures show;
-``"keep"`` keeps those samples at the start of the track of the file read.
+AAC priming. AAC encoders put 1024 samples of encoder delay before the first real sample and mark them for removal;
+current FFmpeg drops them while decoding, some older stacks delivered them (shifting the sound 64 ms late).
+``audio_priming="drop"`` (the default) gives what the golden fixtures show, ``"keep"`` keeps them.
 
-The cache. A copy's name comes from its source's path, size, time and content digest
-(:func:`synchlib.paths.source_digest`), the target format and :data:`REENCODE_VERSION`; its report (JSON beside
-it) records that digest and the copy's own size and sha256, and is checked on every use: a copy that does not
-match, or does not open, is built again (once). Re-encoding is deterministic (x264 on one thread and on code that
-rounds alike on every CPU), so a rebuilt copy is the same bytes.
+The cache. A copy is named from its source's path, size, time and content digest
+(:func:`synchlib.paths.source_digest`), the target format and :data:`REENCODE_VERSION`; its report (JSON beside it)
+records that digest and the copy's size and sha256, checked on every use: a copy that does not match, or does not
+open, is built again (once). Re-encoding is deterministic, so a rebuilt copy is the same bytes.
 """
 
 from __future__ import annotations
@@ -242,11 +235,6 @@ def clockwise_rotation(ccw_degrees: float) -> int:
     return int(round(-ccw_degrees / 90.0)) % 4 * 90
 
 
-def rotate_clockwise(img: np.ndarray, degrees: int) -> np.ndarray:
-    """(H, W, C) turned clockwise by ``degrees`` (a multiple of 90)."""
-    return np.rot90(img, k=-(degrees // 90)) if degrees % 360 else img
-
-
 def _first_frame(container: av.container.InputContainer, stream) -> av.VideoFrame | None:
     """The first video frame that decodes within :data:`ROTATION_PROBE_PACKETS` packets, or None."""
     for i, packet in enumerate(container.demux(stream)):
@@ -259,10 +247,6 @@ def _first_frame(container: av.container.InputContainer, stream) -> av.VideoFram
         if frames:
             return frames[0]
     return None
-
-
-def _seconds(value, time_base) -> float:
-    return float(value * time_base) if value is not None and time_base else 0.0
 
 
 def probe(path: str | Path, *, audio: bool = True) -> MediaInfo:
@@ -294,8 +278,8 @@ def probe(path: str | Path, *, audio: bool = True) -> MediaInfo:
             audio_codec=a.codec_context.name if a else "",
             rotation=clockwise_rotation(first.rotation) if first is not None else 0,
             base_fps=float(v.base_rate or v.average_rate or 0),
-            video_start_sec=_seconds(v.start_time, v.time_base),
-            audio_start_sec=_seconds(a.start_time, a.time_base) if a else 0.0,
+            video_start_sec=float(v.start_time * v.time_base) if v.start_time is not None else 0.0,
+            audio_start_sec=float(a.start_time * a.time_base) if a and a.start_time is not None else 0.0,
             container=c.format.name,
         )
 
@@ -307,7 +291,7 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(w, h) of a normalised frame: :func:`scaled_size`, then cropped to even sizes."""
+    """(w, h) of a normalised frame: :func:`scaled_size` cropped to even sides."""
     w, h = scaled_size(width, height, short_side)
     return w - w % 2, h - h % 2
 
@@ -482,29 +466,25 @@ def _video_frames(
     with _open(path) as c:
         stream = _streams(c, path, audio=False)[0]
         stream.thread_type = "AUTO"  # frame/slice threads: same pictures, faster for large frames
-        tb = stream.time_base
-        graph, t0, n = None, 0, 0
+        tb, graph, n = stream.time_base, None, 0
         decoded = (f for f in _decoded(c, stream, stats) if not isinstance(f, LostPacket))
-        for frame in _sorted_times(decoded, max(1, round(1 / ((stream.average_rate or data.vfps) * tb)))):
+        for frame in chain(_sorted_times(decoded, max(1, round(1 / ((stream.average_rate or data.vfps) * tb)))), [None]):
             if graph is None:
+                if frame is None:
+                    raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
                 t0, stats.start_sec = frame.pts, float(frame.pts * tb)
                 graph = filter_graph(
                     "buffer",
                     f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base={tb}:pixel_aspect=1/1",
                     _video_filters(frame.width, frame.height, clockwise_rotation(frame.rotation), data, pix_fmt),
                 )
-            frame.pts -= t0
+            if frame is not None:
+                frame.pts -= t0
             graph.push(frame)
             for out in drain(graph):
                 n += 1
+                stats.end_sec = stats.start_sec + n / data.vfps
                 yield out
-        if graph is None:
-            raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
-        graph.push(None)
-        for out in drain(graph):
-            n += 1
-            yield out
-        stats.end_sec = stats.start_sec + n / data.vfps
 
 
 def audio_gap_sec(frame_sec: float) -> float:
@@ -538,12 +518,10 @@ def _audio_chunks(
             stream.codec_context.options = {"flags2": "skip_manual"}
         tb = stream.time_base
         shift = 0 if start_sec is None else round(start_sec / tb)
-        graph = first = next_pts = None  # next_pts: where the next frame should start (in tb)
+        graph = first = frame = next_pts = None  # next_pts: where the next frame should start (in tb)
         placed = 0
-        for item in _decoded(c, stream, stats):
-            if graph is None:
-                if isinstance(item, LostPacket):
-                    continue
+        for item in chain(_decoded(c, stream, stats), [None]):
+            if graph is None and isinstance(item, av.AudioFrame):
                 first, channels = item, len(item.layout.channels)
                 stats.start_sec = float((item.pts or 0) * tb)
                 mix = [f"pan=mono|c0<{'+'.join(f'c{i}' for i in range(channels))}"] if channels > 1 else []
@@ -555,10 +533,12 @@ def _audio_chunks(
                     [*mix, f"aresample={rate}:{align}" + (":first_pts=0" if start_sec is not None else ""),
                      "aformat=sample_fmts=fltp:channel_layouts=mono"],
                 )
+            if graph is None:
+                continue
             if isinstance(item, LostPacket):  # silence where it should have been
                 frame = _silence(first, item.duration_sec or frame.samples / frame.sample_rate)
                 frame.pts = next_pts
-            else:
+            elif item is not None:
                 frame = item
                 if frame.sample_rate != first.sample_rate:
                     raise VideoDecodeError(
@@ -569,18 +549,14 @@ def _audio_chunks(
                     frame.pts = next_pts or 0
                 elif next_pts is not None and (frame.pts - next_pts) * tb >= audio_gap_sec(frame.samples / frame.sample_rate):
                     stats.gap_sec += float((frame.pts - next_pts) * tb)
-            next_pts = max(next_pts or frame.pts, frame.pts + round(frame.samples / frame.sample_rate / tb))
-            frame.pts -= shift
-            graph.push(frame)
+            if item is not None:
+                next_pts = max(next_pts or frame.pts, frame.pts + round(frame.samples / frame.sample_rate / tb))
+                stats.end_sec = float(next_pts * tb)
+                frame.pts -= shift
+            graph.push(None if item is None else frame)
             for out in drain(graph):
                 placed += out.samples
                 yield out.to_ndarray()[0]
-        if graph is not None:
-            graph.push(None)
-            for out in drain(graph):
-                placed += out.samples
-                yield out.to_ndarray()[0]
-            stats.end_sec = float(next_pts * tb)
         if not placed:
             raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
 
@@ -672,11 +648,10 @@ def _stack(images: Iterable[np.ndarray], expected: int) -> np.ndarray:
     return buf[:n]
 
 
-def decode(path: str | Path, data: DataConfig | None = None, *, audio_priming: AudioPriming = "drop") -> Decoded:
+def decode(path: str | Path, data: DataConfig, *, audio_priming: AudioPriming = "drop") -> Decoded:
     """Read a whole file as it is (no re-encoding) through the pipeline: RGB frames at ``data.vfps`` (not cropped),
-    the mono track at ``data.afps`` (``data`` None: the released models' 25 fps, 256 px, 16 kHz). A file already
-    normalised gives its own frames and samples. ``meta["notes"]``: damage, gaps, a file ending early."""
-    data = DataConfig() if data is None else data
+    the mono track at ``data.afps``. A file already normalised gives its own frames and samples.
+    ``meta["notes"]``: damage, gaps, a file ending early."""
     path = Path(path)
     info = probe(path)
     notes: list[str] = []
@@ -750,36 +725,25 @@ def report_path(normalised: Path) -> Path:
     return normalised.with_suffix(".json")
 
 
-def read_report(normalised: Path) -> dict[str, Any]:
-    """The report of a normalised copy, or ``{}`` when there is none or it is not a readable JSON object."""
-    try:
-        if report_path(normalised).stat().st_size > MAX_REPORT_BYTES:
-            return {}
-        report = json.loads(report_path(normalised).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return report if isinstance(report, dict) else {}
-
-
-def _finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _verified_report(copy: Path, digest: str) -> dict[str, Any] | None:
     """The report of the cached ``copy`` when the copy is still the file that was written (size and sha256 as
     recorded), was made from the source with ``digest`` by this version, and the report is well formed; else
     None."""
-    report = read_report(copy)
     try:
         size = copy.stat().st_size
-    except OSError:
+        if report_path(copy).stat().st_size > MAX_REPORT_BYTES:
+            return None
+        report = json.loads(report_path(copy).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
-    notes = report.get("notes")
+    if not isinstance(report, dict):
+        return None
+    notes, delay = report.get("notes"), report.get("audio_delay_sec")
     if (
         report.get("version") != REENCODE_VERSION
         or report.get("source_digest") != digest
         or not (isinstance(notes, list) and all(isinstance(n, str) for n in notes))
-        or not _finite_number(report.get("audio_delay_sec"))
+        or not (isinstance(delay, (int, float)) and not isinstance(delay, bool) and math.isfinite(delay))
         or report.get("copy_bytes") != size
     ):
         return None

@@ -15,6 +15,7 @@ import torch
 
 import synchlib
 from synchlib.checkpoints import save_checkpoint
+from synchlib.config import load_config
 from synchlib.desync import (
     DESYNC_COLUMNS, add_desync_arguments, clip_desync, desync, desync_items, desync_windows, run_desync,
 )  # fmt: skip
@@ -60,7 +61,7 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("desync")
     video = d / "clip.mp4"
     make_clip(video, seed=3, duration_sec=CLIP_SEC)
-    wave = decode(video).audio
+    wave = decode(video, load_config(TINY).data).audio
     n = int(SHIFT_SEC * 16000)
     early_wave = np.concatenate([wave[n:], np.zeros(n, np.float32)])
     early = write_audio(d / "early.m4a", early_wave, rate=44100, layout="stereo")
@@ -101,7 +102,7 @@ def test_first_window_equals_direct_computation(model, cfg, clips):
     """The first window's answer equals the model run directly on segments cut from frame 0 and sample 0."""
     data = cfg.data
     row = clip_desync(model, clips["video"])
-    dec = decode(clips["video"])
+    dec = decode(clips["video"], data)
     S, L, La = data.n_segments, data.segment_size_vframes, data.segment_size_asamples
     vid = torch.stack([frames_to_input(dec.frames[8 * i : 8 * i + L], data) for i in range(S)])
     waves = torch.stack([torch.from_numpy(dec.audio[5120 * i : 5120 * i + La]) for i in range(S)])

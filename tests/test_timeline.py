@@ -56,7 +56,7 @@ def clip_path(tmp_path_factory):
 def test_streams_of_a_normalised_file_equal_decode():
     data = load_config(RELEASED).data
     path = synchlib.sample_path("vggsound-3qesirWAGt4")
-    dec = decode(path)
+    dec = decode(path, data)
     top, left = center_crop_box(*dec.frames.shape[1:3], data.input_size)
     notes: list[str] = []
     frames = np.stack([f for _, f in iter_video(path, data, notes=notes)])
