@@ -18,8 +18,9 @@ Two protocols prepare the pair:
 * ``"synchformer"`` (the default, as before): the Synchformer test pipeline that ``predict`` uses (25 fps by
   timestamps, short side 256 then the centred 224 crop, fp16 normalisation; sound resampled with FFmpeg's
   swresample and taken to start at the first frame), over the whole clip: the last window ends where the shorter
-  stream ends. Numbers are close to av-benchmark's, not equal; use it to score clips of any length with the model
-  as its authors ran it.
+  stream ends, reading the file ``predict`` reads (:func:`synchlib.io.prepare`). With a separate audio file the
+  video may be muted here too. Numbers are close to av-benchmark's, not equal; use it to score clips of any length
+  with the model as its authors ran it.
 
 :func:`desync` scores a folder of videos (sound inside, or with a folder of audio files matched by name) or a
 manifest; in av-benchmark mode, worker processes decode while the model computes features of several pairs per
