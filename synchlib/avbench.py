@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
-from .errors import ClipTooShortError, MissingStreamError, VideoDecodeError
-from .io import _audio_only_stream, _is_cover_art, _not_a_video, _open, _reason
+from .errors import ClipTooShortError, VideoDecodeError
+from .io import _audio_only_stream, _open, _reason, _streams, drain, filter_graph
 from .model import Synchformer, autocast
 from .preprocess import log_mel
 
@@ -74,41 +74,15 @@ def sample_count(data: DataConfig) -> int:
 # Frames
 
 
-def _video_stream(container: av.container.InputContainer, path: Path):
-    kind = _not_a_video(container)
-    videos = [s for s in container.streams.video if not _is_cover_art(s)]
-    if kind or not videos:
-        raise MissingStreamError(f"{path} has no video stream{f' (it is {kind})' if kind else ''}; "
-                                 "give the video the audio was made for")
-    return videos[0]
-
-
-def _fps_graph(stream, first: av.VideoFrame, fps: int):
-    """The filter graph ``buffer -> fps=FPS -> format=pix_fmts=rgb24 -> buffersink``, configured, with the source
-    described as torio describes it (size and pixel format of the frames, the stream's time base, frame rate and
-    sample aspect ratio). Push to ``graph.vpush``, pull from ``graph.vpull``."""
+def _fps_graph(stream, first: av.VideoFrame, fps: int) -> av.filter.Graph:
+    """The filter graph ``buffer -> fps=FPS -> format=pix_fmts=rgb24 -> buffersink`` (:func:`synchlib.io.filter_graph`),
+    with the source described as torio describes it (size and pixel format of the frames, the stream's time base,
+    frame rate and sample aspect ratio)."""
     rate = stream.guessed_rate or stream.average_rate or Fraction(fps)
     sar = stream.codec_context.sample_aspect_ratio or Fraction(0, 1)
-    graph = av.filter.Graph()
-    src = graph.add(
-        "buffer",
-        f"video_size={first.width}x{first.height}:pix_fmt={first.format.name}:time_base={stream.time_base}:"
-        f"frame_rate={rate.numerator}/{rate.denominator}:pixel_aspect={sar.numerator}/{sar.denominator}",
-    )
-    chain = [src, graph.add("fps", str(fps)), graph.add("format", "pix_fmts=rgb24"), graph.add("buffersink")]
-    for a, b in zip(chain, chain[1:]):
-        a.link_to(b)
-    graph.configure()
-    return graph
-
-
-def _drain(graph: av.filter.Graph) -> Iterator[np.ndarray]:
-    """The frames the graph has ready, as (H, W, 3) uint8."""
-    while True:
-        try:
-            yield graph.vpull().to_ndarray()
-        except (av.BlockingIOError, av.EOFError):
-            return
+    args = (f"video_size={first.width}x{first.height}:pix_fmt={first.format.name}:time_base={stream.time_base}:"
+            f"frame_rate={rate.numerator}/{rate.denominator}:pixel_aspect={sar.numerator}/{sar.denominator}")
+    return filter_graph("buffer", args, [f"fps={fps}", "format=pix_fmts=rgb24"])
 
 
 def iter_rgb_frames(path: str | Path, fps: int) -> Iterator[np.ndarray]:
@@ -117,7 +91,7 @@ def iter_rgb_frames(path: str | Path, fps: int) -> Iterator[np.ndarray]:
     stored size, not rotated. Stops when the caller stops."""
     path = Path(path)
     with _open(path) as c:
-        stream = _video_stream(c, path)
+        stream = _streams(c, path, audio=False)[0]
         graph = None
         try:
             for index, frame in enumerate(c.decode(stream)):
@@ -125,11 +99,11 @@ def iter_rgb_frames(path: str | Path, fps: int) -> Iterator[np.ndarray]:
                     graph = _fps_graph(stream, frame, fps)
                 if frame.pts is None:  # no timestamp: torio falls back to the decoder's estimate
                     frame.pts = frame.dts if frame.dts is not None else index
-                graph.vpush(frame)
-                yield from _drain(graph)
+                graph.push(frame)
+                yield from (f.to_ndarray() for f in drain(graph))
             if graph is not None:
-                graph.vpush(None)
-                yield from _drain(graph)
+                graph.push(None)
+                yield from (f.to_ndarray() for f in drain(graph))
         except av.error.FFmpegError as e:
             raise VideoDecodeError(
                 f"{path}: the video could not be decoded ({_reason(e)}); the file is damaged"
@@ -244,8 +218,6 @@ def read_channels(path: str | Path, needed: Callable[[int], int] | None = None) 
     chunks: list[np.ndarray] = []
     have, rate = 0, 0
     with _open(path) as c:
-        if _not_a_video(c) == "a text file":
-            raise VideoDecodeError(f"{path} is a text file, not audio; give a wav, flac, m4a, mp3 or video file")
         stream = _audio_only_stream(c, path)
         to_float = av.AudioResampler(format="fltp")  # layout and rate kept: only the sample format changes
         try:

@@ -18,8 +18,9 @@ Two protocols prepare the pair:
 * ``"synchformer"`` (the default, as before): the Synchformer test pipeline that ``predict`` uses (25 fps by
   timestamps, short side 256 then the centred 224 crop, fp16 normalisation; sound resampled with FFmpeg's
   swresample and taken to start at the first frame), over the whole clip: the last window ends where the shorter
-  stream ends. Numbers are close to av-benchmark's, not equal; use it to score clips of any length with the model
-  as its authors ran it.
+  stream ends, reading the file ``predict`` reads (:func:`synchlib.io.prepare`). With a separate audio file the
+  video may be muted here too. Numbers are close to av-benchmark's, not equal; use it to score clips of any length
+  with the model as its authors ran it.
 
 :func:`desync` scores a folder of videos (sound inside, or with a folder of audio files matched by name) or a
 manifest; in av-benchmark mode, worker processes decode while the model computes features of several pairs per
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 from . import avbench, checks
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
-from .io import _check_readable, iter_audio, iter_video, read_audio
+from .io import _check_readable, iter_audio, iter_video, prepare, read_audio
 from .manifests import read_manifest
 from .model import Synchformer, check_precision, load_model, resolve_device
 from .predict import check_batch_size, logits_to_prediction
@@ -132,17 +133,21 @@ def clip_streams(
     """(frames the two windows can need, by index; number of frames; the mono track at ``afps``).
 
     The track is read whole (one float per sample); of the frames (cropped to the model's input), only the first
-    window's, the window the audio's length allows last, and the last ``window + stride`` are kept.
+    window's, the window the audio's length allows last, and the last ``window + stride`` are kept. Both come from
+    the file ``predict`` reads (:func:`synchlib.io.prepare`); with a separate ``audio`` file the video may be muted.
     """
+    target, report = prepare(video, data, audio=audio is None)
+    if notes is not None:
+        notes += report["notes"]
     if audio is not None:
         track = read_audio(audio, data.afps)
     else:
-        track = np.concatenate(list(iter_audio(video, data, notes=notes)))
+        track = np.concatenate(list(iter_audio(target, data, notes=notes)))
     sv, L, S = data.step_vframes, data.segment_size_vframes, data.n_segments
     n_audio = segment_count(len(track), data.segment_size_asamples, data.step_asamples)
     by_audio = range(sv * (n_audio - S), sv * (n_audio - 1) + L) if n_audio >= S else range(0)
     kept, n_frames = _kept_frames(
-        iter_video(video, data, notes=notes),
+        iter_video(target, data, notes=notes),
         keep=lambda i: i < data.window_vframes or i in by_audio,
         tail=data.window_vframes + sv - 1,
     )

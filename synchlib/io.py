@@ -1,39 +1,44 @@
-"""Reading audio and video with PyAV, and normalising inputs to the model's rates and size.
+"""Reading audio and video: one pipeline from a file to the model's frames and samples, on FFmpeg's filters.
 
-The released models were trained and tested on videos re-encoded to H.264 at 25 fps with a 256 px short side
-and AAC at 16 kHz. :func:`read_video` re-encodes any other input to exactly that (in-process with PyAV, no
-ffmpeg binary), caches the result, and decodes it the way the reference does: all RGB frames, and mono audio as
-the mean of the channels.
+What is read. The released models were trained and tested on videos that ffmpeg re-encoded to H.264 at 25 fps, a
+256 px short side and AAC at 16 kHz (``ffmpeg -vf fps=25,scale=iw*256/min(iw,ih):ih*256/min(iw,ih),crop=
+trunc(iw/2)*2:trunc(ih/2)*2 -ar 16000``). synchlib decides once, from the headers (:func:`is_normalised`): a file
+already in that format (constant 25 fps, that short side with even sides, 16 kHz, upright, streams starting
+together) is read as it is; any other file is re-encoded once, in-process, into the cache (H.264 + mono AAC in MP4,
+the *normalised copy*), and the copy is read. The H.264/AAC round trip is kept on purpose: the reference makes it
+and the released models' training data went through it. ``predict``, ``sweep``, ``offset_over_time``, ``desync``
+and training all read the file :func:`prepare` names, so they see the same frames and samples (a timeline window
+gives ``predict``'s logits at its start).
 
-AAC priming. AAC encoders put ``encoder delay`` samples (1024 for FFmpeg's encoder) before the first real
-sample and mark them for removal (pts -1024, skip-samples side data). Current FFmpeg drops them while decoding;
-some older decoder stacks delivered them, which shifts the audio 64 ms later relative to the video (a known
-cause of different accuracy across PyAV versions). ``audio_priming="drop"`` (the default) gives what the golden
-fixtures show; ``"keep"`` keeps those samples at the start of the track.
+The pipeline. Each stream runs through an FFmpeg filter graph (``av.filter.Graph``), the same when making the copy
+and when reading (:func:`iter_video`, :func:`iter_audio`: streaming, memory independent of the length), all by
+presentation timestamps:
 
-What normalisation (:func:`normalise`) does with real-world input, all by presentation timestamps:
+* Orientation: the display matrix's rotation (phone videos) is applied (``transpose``); flips are ignored.
+* Frame rate: the ``fps`` filter, times counted from the first frame: output frame ``k`` shows the latest source
+  frame whose time rounds to ``k / 25`` s or earlier, so 29.97, 60, 15 fps and variable rates are resampled by
+  time, never by count. Timestamps a container stores permuted (AVI with B-frames) are sorted first.
+* Size: ``scale`` (bicubic, the ffmpeg command line's default) by the reference's rule from the stored size (the
+  sample aspect ratio is ignored, as there), then ``crop`` to even sides from the top left.
+* Sound: the mean over all channels (``pan``), ``aresample`` to 16 kHz placed by timestamps (its ``async``): gaps
+  of at least :func:`audio_gap_sec` and packets that fail to decode become silence. The copy's sound starts at the
+  first video frame (silence before sound that starts later, sound before it dropped), so the copy is exactly as
+  much in (or out of) sync as the source.
+* Output: frames (h, w, 3) uint8 RGB as ``VideoFrame.to_ndarray(format="rgb24")`` converts them, samples float32
+  mono; each stream keeps its length (:func:`synchlib.preprocess.equalify` cuts the longer one).
+* Damage: a packet that fails to decode is skipped (the previous frame stays on screen, its sound is silent) and
+  counted; a read error ends the stream there. Both, gaps, and a file ending before its header says are reported
+  as notes (predictions carry them as warnings). More than half of a stream's packets failing is a
+  :class:`VideoDecodeError`.
 
-* Orientation: the rotation of the display matrix (phone videos) is applied, so frames are upright as a player
-  shows them. Flips in the matrix are ignored.
-* Frame rate: output frame ``k`` (time ``k / vfps`` after the first source frame) shows the latest source frame
-  whose time rounds to a tick at or before ``k`` (FFmpeg's ``fps`` filter), so 29.97, 60, 15 fps and variable
-  frame rates are resampled by time, never by frame count.
-* Size: the short side is scaled (up or down, bicubic) to ``size_before_crop`` and both sides cut to even
-  numbers, from the stored size (the sample aspect ratio is ignored, as the reference's ``scale`` does).
-* Audio: the mean over all channels (mono, stereo, 5.1, ...: what :func:`decode` takes anyway), resampled to
-  ``afps`` with FFmpeg's swresample and stored as mono AAC.
-* A/V alignment: the output starts at the first video frame. Audio is placed by its timestamps: audio that
-  starts after the video is preceded by silence, audio before the first frame is dropped, gaps inside the
-  audio become silence. So the output is exactly as much in (or out of) sync as the source.
-* Lengths: each stream keeps its own length; :func:`synchlib.preprocess.equalify` cuts the longer one.
-* Damage: a packet that fails to decode is skipped (the previous frame stays on screen, its audio time is
-  silent) and counted; a read error ends the file there. Both, and a file that ends before its header says,
-  are reported in ``Decoded.meta["notes"]`` (predictions carry them as warnings). More than half of a stream's
-  packets failing is a :class:`VideoDecodeError`.
+AAC priming. AAC encoders put 1024 samples of encoder delay before the first real sample and mark them for removal;
+current FFmpeg drops them while decoding, some older stacks delivered them (shifting the sound 64 ms late).
+``audio_priming="drop"`` (the default) gives what the golden fixtures show, ``"keep"`` keeps them.
 
-A file already at the model's rates and size (constant frame rate, upright, streams starting together) is
-decoded as it is; if it turns out not to decode cleanly (errors, gaps in its timestamps, frame size changes),
-:func:`read_video` re-encodes it as above instead.
+The cache. A copy is named from its source's path, size, time and content digest
+(:func:`synchlib.paths.source_digest`), the target format and :data:`REENCODE_VERSION`; its report (JSON beside it)
+records that digest and the copy's size and sha256, checked on every use: a copy that does not match, or does not
+open, is built again (once). Re-encoding is deterministic, so a rebuilt copy is the same bytes.
 """
 
 from __future__ import annotations
@@ -46,23 +51,25 @@ import os
 import platform
 import tempfile
 from collections import deque
+from itertools import chain
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from .checks import one_of
 from .config import Config, DataConfig
-from .errors import ClipTooShortError, InvalidArgumentError, MissingStreamError, VideoDecodeError, VideoNotFoundError
+from .errors import ClipTooShortError, MissingStreamError, VideoDecodeError, VideoNotFoundError
 from .paths import cache_dir, file_sha256, source_digest
 
 AudioPriming = Literal["drop", "keep"]
 AUDIO_PRIMING_OPTIONS = ("drop", "keep")
-REENCODE_VERSION = 3  # bump when the re-encoding recipe changes, so cached files are rebuilt
+REENCODE_VERSION = 4  # bump when the re-encoding recipe changes, so cached files are rebuilt
 MAX_REPORT_BYTES = 1 << 20  # a cached copy's report is a few hundred bytes; a larger file is not read
 # x264 on one thread and, on x86-64, on its SSE2 code only: its wider SIMD code (the AVX2/AVX-512 macroblock-tree
 # kernels) reads memory it never wrote and rounds differently per CPU, so two re-encodes of one file differed; the
@@ -71,13 +78,15 @@ MAX_REPORT_BYTES = 1 << 20  # a cached copy's report is a few hundred bytes; a l
 X264_ASM = "sse2" if platform.machine().lower() in ("x86_64", "amd64") else "0"
 X264_OPTIONS = {"crf": "18", "preset": "fast", "threads": "1", "x264-params": f"asm={X264_ASM}"}
 AAC_BITRATE = 128_000
-AAC_FRAME = 1024  # samples per frame handed to the AAC encoder
-START_TOLERANCE_SEC = 1e-3  # streams starting closer than this start together
+SCALE_FLAGS = "bicubic"  # the ffmpeg command line's default scaler, which the reference's re-encoding used
+START_TOLERANCE_SEC = 1e-3  # streams starting closer than this start together (also aresample's min_comp default)
 AUDIO_GAP_SEC = 0.1  # an audio timestamp jump counts as a gap from this long and 2.5 frames (see audio_gap_sec)
 MAX_BAD_PACKETS = 0.5  # fraction of a stream's packets that may fail to decode before the file is refused
 TRUNCATION_SEC = 0.5  # decoded streams ending this much before the header's duration are reported
 ROTATION_PROBE_PACKETS = 64  # packets probe() reads at most to find the first frame (and its rotation)
+SORT_DEPTH = 16  # frames over which permuted timestamps are sorted (see _sorted_times)
 NOT_VIDEO_FORMATS = {"tty": "a text file", "image2": "an image"}  # demuxers FFmpeg picks for non-videos (+ *_pipe)
+TURN_FILTERS = {90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}  # clockwise turns
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,7 @@ class MediaInfo:
     fps: float  # average frame rate
     width: int  # stored size (before rotation)
     height: int
-    sample_rate: int
+    sample_rate: int  # 0: no audio stream (only where none was required)
     channels: int
     duration_sec: float  # from the container header; 0.0 when it has none
     video_codec: str
@@ -112,7 +121,7 @@ class MediaInfo:
 
 @dataclass
 class Decoded:
-    """Decoded streams of one file, at the model's rates after normalisation.
+    """Decoded streams of one file, at the model's rates.
 
     frames: (T, H, W, 3) uint8 RGB. audio: (N,) float32 mono (mean over channels).
     """
@@ -121,8 +130,8 @@ class Decoded:
     audio: np.ndarray
     fps: float
     sample_rate: int
-    video_start_sec: float  # presentation time of the first decoded video frame
-    audio_start_sec: float  # presentation time of the first decoded audio sample
+    video_start_sec: float  # presentation time of the first video frame in the file read
+    audio_start_sec: float  # presentation time of the first audio sample in the file read
     source: MediaInfo
     decoded_path: Path  # the file actually decoded (the source, or its normalised copy in the cache)
     meta: dict = field(default_factory=dict)  # "notes": reasons the input may be unreliable (damage), and more
@@ -178,8 +187,15 @@ def _is_cover_art(stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
-def _streams(container: av.container.InputContainer, path: Path):
-    """(video stream, audio stream): the first of each; cover pictures of audio files do not count as video."""
+def _held(container: av.container.InputContainer) -> str:
+    return ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+
+
+def _streams(container: av.container.InputContainer, path: Path, *, audio: bool = True):
+    """(video stream, audio stream or None): the first of each; cover pictures of audio files do not count as video.
+
+    The one place that says what a file must hold: a video stream always, an audio stream when ``audio`` (a video
+    whose sound comes from another file may be muted)."""
     kind = _not_a_video(container)
     if kind:
         raise VideoDecodeError(
@@ -188,18 +204,25 @@ def _streams(container: av.container.InputContainer, path: Path):
     videos = [s for s in container.streams.video if not _is_cover_art(s)]
     audios = list(container.streams.audio)
     if not videos and not audios:
-        held = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
-        raise MissingStreamError(f"{path} has neither video nor audio (it holds: {held}); give a video file with sound")
+        raise MissingStreamError(f"{path} has neither video nor audio (it holds: {_held(container)}); give a video "
+                                 "file with sound")
     if not videos:
         cover = " (only a cover picture)" if container.streams.video else ""
-        raise MissingStreamError(
-            f"{path} has no video stream{cover}; synchronisation needs both picture and sound"
-        )
-    if not audios:
+        raise MissingStreamError(f"{path} has no video stream{cover}; synchronisation needs both picture and sound")
+    if audio and not audios:
         raise MissingStreamError(
             f"{path} has no audio stream; synchronisation needs both picture and sound (was it exported muted?)"
         )
-    return videos[0], audios[0]
+    return videos[0], (audios[0] if audios else None)
+
+
+def _audio_only_stream(container: av.container.InputContainer, path: Path):
+    """The first audio stream of any file (audio-only files included)."""
+    if _not_a_video(container) == "a text file":
+        raise VideoDecodeError(f"{path} is a text file, not audio; give a wav, flac, m4a, mp3 or video file")
+    if not container.streams.audio:
+        raise MissingStreamError(f"{path} has no audio stream (it holds: {_held(container)}); give a file with sound")
+    return container.streams.audio[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,11 +233,6 @@ def clockwise_rotation(ccw_degrees: float) -> int:
     """PyAV's ``VideoFrame.rotation`` (counter-clockwise degrees of the display matrix, in [-180, 180]) -> the
     clockwise turn a player applies, rounded to 0, 90, 180 or 270."""
     return int(round(-ccw_degrees / 90.0)) % 4 * 90
-
-
-def rotate_clockwise(img: np.ndarray, degrees: int) -> np.ndarray:
-    """(H, W, C) turned clockwise by ``degrees`` (a multiple of 90)."""
-    return np.rot90(img, k=-(degrees // 90)) if degrees % 360 else img
 
 
 def _first_frame(container: av.container.InputContainer, stream) -> av.VideoFrame | None:
@@ -231,18 +249,15 @@ def _first_frame(container: av.container.InputContainer, stream) -> av.VideoFram
     return None
 
 
-def _seconds(value, time_base) -> float:
-    return float(value * time_base) if value is not None and time_base else 0.0
-
-
-def probe(path: str | Path) -> MediaInfo:
-    """Read a file's stream properties from its headers, and the rotation from its first frame.
+def probe(path: str | Path, *, audio: bool = True) -> MediaInfo:
+    """Read a file's stream properties from its headers, and the rotation from its first frame. ``audio`` False
+    accepts a video without sound (its sound comes from another file).
 
     PyAV 18 exposes the display matrix only on decoded frames (``VideoFrame.rotation``), hence the one frame.
     """
     path = Path(path)
     with _open(path) as c:
-        v, a = _streams(c, path)
+        v, a = _streams(c, path, audio=audio)
         try:
             first = _first_frame(c, v)
         except av.error.FFmpegError:
@@ -256,43 +271,441 @@ def probe(path: str | Path) -> MediaInfo:
             fps=float(v.average_rate or v.guessed_rate or 0),
             width=width,
             height=height,
-            sample_rate=a.codec_context.sample_rate,
-            channels=a.codec_context.channels,
+            sample_rate=a.codec_context.sample_rate if a else 0,
+            channels=a.codec_context.channels if a else 0,
             duration_sec=float(c.duration / av.time_base) if c.duration else 0.0,
             video_codec=v.codec_context.name,
-            audio_codec=a.codec_context.name,
+            audio_codec=a.codec_context.name if a else "",
             rotation=clockwise_rotation(first.rotation) if first is not None else 0,
             base_fps=float(v.base_rate or v.average_rate or 0),
-            video_start_sec=_seconds(v.start_time, v.time_base),
-            audio_start_sec=_seconds(a.start_time, a.time_base),
+            video_start_sec=float(v.start_time * v.time_base) if v.start_time is not None else 0.0,
+            audio_start_sec=float(a.start_time * a.time_base) if a and a.start_time is not None else 0.0,
             container=c.format.name,
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# What normalised means, and the cache
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(w, h) of the reference rule ``scale=iw*S/min(iw,ih):ih*S/min(iw,ih)`` (before the crop to even sides)."""
+    m = min(width, height)
+    return int(width * short_side / m), int(height * short_side / m)
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(w, h) after the reference rule ``scale=iw*S/min(iw,ih):ih*S/min(iw,ih)``, then crop to even sizes."""
-    m = min(width, height)
-    w, h = int(width * short_side / m), int(height * short_side / m)
+    """(w, h) of a normalised frame: :func:`scaled_size` cropped to even sides."""
+    w, h = scaled_size(width, height, short_side)
     return w - w % 2, h - h % 2
 
 
 def is_normalised(info: MediaInfo, data: DataConfig) -> bool:
     """True when a file is already at the model's constant fps, short side (even sizes) and sample rate,
-    upright, with both streams starting together."""
+    upright, with both streams starting together (the sound is not checked when there is none)."""
     return (
         abs(info.fps - data.vfps) < 1e-6
         and abs(info.base_fps - data.vfps) < 1e-6
         and min(info.width, info.height) == data.size_before_crop
         and info.width % 2 == 0
         and info.height % 2 == 0
-        and info.sample_rate == data.afps
         and info.rotation == 0
-        and abs(info.video_start_sec - info.audio_start_sec) <= START_TOLERANCE_SEC
+        and (not info.sample_rate or (info.sample_rate == data.afps
+                                      and abs(info.video_start_sec - info.audio_start_sec) <= START_TOLERANCE_SEC))
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filter graphs and packets
+
+
+def filter_graph(source: str, args: str, filters: Sequence[str]) -> av.filter.Graph:
+    """A configured chain ``source (buffer or abuffer) -> filters -> sink``; each filter as ``"name=args"`` or
+    ``"name"``. Push frames with ``graph.push`` (None at the end), take what is ready with :func:`drain`."""
+    graph = av.filter.Graph()
+    nodes = [graph.add(source, args)]
+    for spec in filters:
+        name, _, arg = spec.partition("=")
+        nodes.append(graph.add(name, arg or None))
+    nodes.append(graph.add("buffersink" if source == "buffer" else "abuffersink"))
+    for a, b in zip(nodes, nodes[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def drain(graph: av.filter.Graph) -> Iterator[av.frame.Frame]:
+    """The frames ``graph`` has ready."""
+    while True:
+        try:
+            yield graph.pull()
+        except (av.BlockingIOError, av.EOFError):
+            return
+
+
+@dataclass
+class StreamStats:
+    """What reading one stream found: packets read and failed, errors, where it starts and ends (source seconds),
+    and the silence put into gaps of its timestamps."""
+
+    packets: int = 0
+    failed: int = 0
+    error: str = ""  # the first decoding error
+    read_error: str = ""  # the read (demuxing) error that ended the stream
+    start_sec: float = 0.0
+    end_sec: float = 0.0
+    gap_sec: float = 0.0
+
+
+@dataclass(frozen=True)
+class LostPacket:
+    """A packet that failed to decode, and how long it should have lasted (None: unknown)."""
+
+    duration_sec: float | None
+
+
+def _decoded(container: av.container.InputContainer, stream, stats: StreamStats) -> Iterator[Any]:
+    """Decoded frames of ``stream`` in order; a :class:`LostPacket` for a packet that fails to decode (counted in
+    ``stats``); a read error ends the stream there (recorded in ``stats``)."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as e:
+            stats.read_error = _reason(e)
+            return
+        stats.packets += packet.size > 0
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as e:
+            stats.failed, stats.error = stats.failed + 1, stats.error or _reason(e)
+            yield LostPacket(float(packet.duration * packet.time_base) if packet.duration and packet.time_base else None)
+            continue
+        yield from frames
+
+
+def ending_notes(header_sec: float, decoded_sec: float, read_error: str = "") -> list[str]:
+    """Notes when reading stopped on an error, or the streams (``decoded_sec``, the longer one) end well before the
+    header's duration."""
+    if read_error:
+        return [f"reading stopped after {decoded_sec:.2f} s ({read_error}): the file is truncated or damaged "
+                "there, and only what came before was used"]
+    if header_sec and decoded_sec < header_sec - TRUNCATION_SEC:
+        return [f"the file ends after {decoded_sec:.2f} s although its header says {header_sec:.2f} s: it "
+                "is truncated or still being written, and only what is there was used"]
+    return []
+
+
+def _stream_notes(path: Path, kind: str, stats: StreamStats) -> list[str]:
+    """Notes on packets that failed, a read error and gaps; raises :class:`VideoDecodeError` when the stream is
+    mostly undecodable."""
+    notes = []
+    if stats.failed and stats.failed > MAX_BAD_PACKETS * stats.packets:
+        raise VideoDecodeError(
+            f"{path}: {stats.failed} of {stats.packets} {kind} packets could not be decoded ({stats.error}); the "
+            "file is too damaged to use: re-export it or get an undamaged copy"
+        )
+    if stats.failed:
+        notes.append(f"{stats.failed} of {stats.packets} {kind} packets could not be decoded ({stats.error}): the "
+                     f"file is damaged and the {kind} has holes there, so the answer may be unreliable")
+    if stats.gap_sec > AUDIO_GAP_SEC:
+        notes.append(f"the audio has gaps ({stats.gap_sec:.2f} s in all) that were filled with silence: the "
+                     "recording dropped sound or the file is damaged, so the answer may be unreliable there")
+    if stats.read_error:
+        notes += ending_notes(0.0, stats.end_sec - stats.start_sec, stats.read_error)
+    return notes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline: a stream of a file -> the model's frames and samples
+
+
+def _sorted_times(frames: Iterable[av.VideoFrame], default_step: int) -> Iterator[av.VideoFrame]:
+    """The frames, in decoding order, with their timestamps (pts) sorted over :data:`SORT_DEPTH` frames.
+
+    Decoders output frames in presentation order, but some containers label them with permuted times: AVI stores
+    only decoding times, so the frames of a stream with B-frames come as 1, 3, 2, 5, 4, ... Pairing each frame with
+    the smallest of the next timestamps undoes that (as FFmpeg's best-effort timestamps do) and changes nothing for
+    well-ordered input. A frame without a timestamp gets its decoding time, else the latest one plus ``default_step``.
+    """
+    times: list[int] = []
+    held: deque[av.VideoFrame] = deque()
+    latest = None
+
+    def oldest() -> av.VideoFrame:
+        frame = held.popleft()
+        frame.pts = heapq.heappop(times)
+        return frame
+
+    for frame in frames:
+        pts = frame.pts if frame.pts is not None else frame.dts
+        pts = pts if pts is not None else (0 if latest is None else latest + default_step)
+        latest = pts if latest is None else max(pts, latest)
+        heapq.heappush(times, pts)
+        held.append(frame)
+        if len(held) > SORT_DEPTH:
+            yield oldest()
+    while held:
+        yield oldest()
+
+
+def _video_filters(width: int, height: int, rotation: int, data: DataConfig, pix_fmt: str | None) -> list[str]:
+    """The video filters for a stored ``width`` x ``height`` picture turned by ``rotation``: upright, the frame
+    rate, the reference's scale and crop to even sides, and a conversion to ``pix_fmt`` (None: none)."""
+    w, h = (height, width) if rotation in (90, 270) else (width, height)
+    sw, sh = scaled_size(w, h, data.size_before_crop)
+    filters = [*TURN_FILTERS.get(rotation, []), f"fps={data.vfps}", f"scale={sw}:{sh}:flags={SCALE_FLAGS}"]
+    if sw % 2 or sh % 2:
+        filters.append(f"crop={sw - sw % 2}:{sh - sh % 2}:0:0")
+    return filters + ([f"format={pix_fmt}"] if pix_fmt else [])
+
+
+def _video_frames(
+    path: Path, data: DataConfig, stats: StreamStats, *, pix_fmt: str | None = None
+) -> Iterator[av.VideoFrame]:
+    """The frames of ``path``'s video through the pipeline (module docstring), as FFmpeg frames in the decoder's
+    pixel format (or ``pix_fmt``), timestamps counted from the first frame; ``stats`` filled as they come."""
+    with _open(path) as c:
+        stream = _streams(c, path, audio=False)[0]
+        stream.thread_type = "AUTO"  # frame/slice threads: same pictures, faster for large frames
+        tb, graph, n = stream.time_base, None, 0
+        decoded = (f for f in _decoded(c, stream, stats) if not isinstance(f, LostPacket))
+        for frame in chain(_sorted_times(decoded, max(1, round(1 / ((stream.average_rate or data.vfps) * tb)))), [None]):
+            if graph is None:
+                if frame is None:
+                    raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
+                t0, stats.start_sec = frame.pts, float(frame.pts * tb)
+                graph = filter_graph(
+                    "buffer",
+                    f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base={tb}:pixel_aspect=1/1",
+                    _video_filters(frame.width, frame.height, clockwise_rotation(frame.rotation), data, pix_fmt),
+                )
+            if frame is not None:
+                frame.pts -= t0
+            graph.push(frame)
+            for out in drain(graph):
+                n += 1
+                stats.end_sec = stats.start_sec + n / data.vfps
+                yield out
+
+
+def audio_gap_sec(frame_sec: float) -> float:
+    """Shortest jump in audio timestamps that is a real gap, after a frame of ``frame_sec`` seconds.
+
+    Shorter jumps are timestamp noise and are ignored, as players and FFmpeg's own re-encoding do: containers
+    round times (Matroska to 1 ms), and AVI stores VBR audio (AAC, MP3) with block-counted times that jump by a
+    whole frame whenever a packet is larger than the first ones, without any sound missing."""
+    return max(AUDIO_GAP_SEC, 2.5 * frame_sec)
+
+
+def _silence(like: av.AudioFrame, seconds: float) -> av.AudioFrame:
+    """A silent frame of ``seconds`` in the format, layout and rate of ``like``."""
+    frame = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=max(1, round(seconds * like.sample_rate)))
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate = like.sample_rate
+    return frame
+
+
+def _audio_chunks(
+    path: Path, rate: int, stats: StreamStats, *, start_sec: float | None = None, priming: AudioPriming = "drop",
+    any_file: bool = False,
+) -> Iterator[np.ndarray]:
+    """float32 (n,) chunks of one mono track of ``path``'s sound at ``rate`` Hz through the pipeline (module
+    docstring), from its first sample or, with ``start_sec``, from that source time (silence before sound that
+    starts later, sound before it dropped). ``any_file``: audio-only files too. ``stats`` filled as they come."""
+    with _open(path) as c:
+        stream = _audio_only_stream(c, path) if any_file else _streams(c, path)[1]
+        if priming == "keep":
+            stream.codec_context.options = {"flags2": "skip_manual"}
+        tb = stream.time_base
+        shift = 0 if start_sec is None else round(start_sec / tb)
+        graph = first = frame = next_pts = None  # next_pts: where the next frame should start (in tb)
+        placed = 0
+        for item in chain(_decoded(c, stream, stats), [None]):
+            if graph is None and isinstance(item, av.AudioFrame):
+                first, channels = item, len(item.layout.channels)
+                stats.start_sec = float((item.pts or 0) * tb)
+                mix = [f"pan=mono|c0<{'+'.join(f'c{i}' for i in range(channels))}"] if channels > 1 else []
+                align = f"async=1:min_hard_comp={audio_gap_sec(item.samples / item.sample_rate)}"
+                graph = filter_graph(
+                    "abuffer",
+                    f"sample_rate={item.sample_rate}:sample_fmt={item.format.name}:channel_layout={item.layout.name}:"
+                    f"time_base={tb}",
+                    [*mix, f"aresample={rate}:{align}" + (":first_pts=0" if start_sec is not None else ""),
+                     "aformat=sample_fmts=fltp:channel_layouts=mono"],
+                )
+            if graph is None:
+                continue
+            if isinstance(item, LostPacket):  # silence where it should have been
+                frame = _silence(first, item.duration_sec or frame.samples / frame.sample_rate)
+                frame.pts = next_pts
+            elif item is not None:
+                frame = item
+                if frame.sample_rate != first.sample_rate:
+                    raise VideoDecodeError(
+                        f"{path}: the audio sample rate changes from {first.sample_rate} to {frame.sample_rate} Hz at "
+                        f"{frame.time or 0:.2f} s; re-encode the audio to one rate (e.g. ffmpeg -ar 48000) first"
+                    )
+                if frame.pts is None:
+                    frame.pts = next_pts or 0
+                elif next_pts is not None and (frame.pts - next_pts) * tb >= audio_gap_sec(frame.samples / frame.sample_rate):
+                    stats.gap_sec += float((frame.pts - next_pts) * tb)
+            if item is not None:
+                next_pts = max(next_pts or frame.pts, frame.pts + round(frame.samples / frame.sample_rate / tb))
+                stats.end_sec = float(next_pts * tb)
+                frame.pts -= shift
+            graph.push(None if item is None else frame)
+            for out in drain(graph):
+                placed += out.samples
+                yield out.to_ndarray()[0]
+        if not placed:
+            raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers: frames and samples as the model takes them
+
+FrameFilter = Callable[[int], bool]
+
+
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centred ``size`` x ``size`` crop, with Python's round (halves to even)."""
+    if height < size or width < size:
+        raise ClipTooShortError(f"frames of {width}x{height} are smaller than the {size}x{size} model input")
+    return round((height - size) / 2), round((width - size) / 2)
+
+
+def iter_video(
+    path: str | Path,
+    data: DataConfig,
+    *,
+    crop: bool = True,
+    wanted: FrameFilter | None = None,
+    notes: list[str] | None = None,
+    stats: StreamStats | None = None,
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Stream the frames of ``path`` at ``data.vfps`` through the pipeline (module docstring): ``(index, frame)``
+    pairs, frame (h, w, 3) uint8 RGB; with ``crop`` only the model's centred ``data.input_size`` square (a copy:
+    the full frame is dropped at once). The file is read as it is: give :func:`prepare`'s file for the model's.
+
+    ``wanted(index)`` False: the frame is not converted and comes as ``(index, None)`` (cheap; decoding cannot be
+    skipped). Damage (packets that failed to decode, a read error) is appended to ``notes`` when the stream ends;
+    more than half the packets failing raises :class:`VideoDecodeError` then. Memory: a few source frames."""
+    path, stats = Path(path), StreamStats() if stats is None else stats
+    reformatter = VideoReformatter()  # keeps FFmpeg's conversion context: same pixels as to_ndarray, 3-6x faster
+    size = data.input_size
+    for index, frame in enumerate(_video_frames(path, data, stats)):
+        if wanted is not None and not wanted(index):
+            yield index, None
+            continue
+        img = reformatter.reformat(frame, format="rgb24").to_ndarray()
+        if crop:
+            top, left = center_crop_box(*img.shape[:2], size)
+            img = np.ascontiguousarray(img[top : top + size, left : left + size])
+        yield index, img
+    if notes is not None:
+        notes += _stream_notes(path, "video", stats)
+
+
+def iter_audio(
+    path: str | Path,
+    data: DataConfig,
+    *,
+    audio_priming: AudioPriming = "drop",
+    notes: list[str] | None = None,
+    stats: StreamStats | None = None,
+) -> Iterator[np.ndarray]:
+    """Stream the sound of ``path`` through the pipeline (module docstring): float32 (n,) chunks of one mono track
+    at ``data.afps``, from the first sample of the file as it is (give :func:`prepare`'s file for the model's).
+    Damage and gaps are appended to ``notes`` at the end. Memory: a few decoded frames."""
+    one_of("audio_priming", audio_priming, AUDIO_PRIMING_OPTIONS)
+    path, stats = Path(path), StreamStats() if stats is None else stats
+    yield from _audio_chunks(path, data.afps, stats, priming=audio_priming)
+    if notes is not None:
+        notes += _stream_notes(path, "audio", stats)
+
+
+def read_audio(path: str | Path, rate: int) -> np.ndarray:
+    """The first audio stream of any file (wav, flac, m4a, mp3, or a video) as one mono float32 (N,) track at
+    ``rate`` Hz, through the pipeline. It starts at its first sample (its start time is not used: the track is
+    taken to start with the video it goes with)."""
+    path, stats = Path(path), StreamStats()
+    chunks = list(_audio_chunks(path, rate, stats, any_file=True))
+    _stream_notes(path, "audio", stats)  # raises when the stream is mostly undecodable
+    return np.concatenate(chunks)
+
+
+def _stack(images: Iterable[np.ndarray], expected: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 of the images, written into one array sized ``expected`` (grown when short), so that
+    memory holds the frames once."""
+    buf, n = None, 0
+    for img in images:
+        if buf is None:
+            buf = np.empty((max(expected, 1), *img.shape), np.uint8)
+        elif n == len(buf):
+            buf = np.concatenate([buf, np.empty_like(buf)])
+        buf[n] = img
+        n += 1
+    return buf[:n]
+
+
+def decode(path: str | Path, data: DataConfig, *, audio_priming: AudioPriming = "drop") -> Decoded:
+    """Read a whole file as it is (no re-encoding) through the pipeline: RGB frames at ``data.vfps`` (not cropped),
+    the mono track at ``data.afps``. A file already normalised gives its own frames and samples.
+    ``meta["notes"]``: damage, gaps, a file ending early."""
+    path = Path(path)
+    info = probe(path)
+    notes: list[str] = []
+    vstats, astats = StreamStats(), StreamStats()
+    frames = _stack((f for _, f in iter_video(path, data, crop=False, notes=notes, stats=vstats)),
+                    math.ceil(info.duration_sec * data.vfps) + 1)
+    audio = np.concatenate(list(iter_audio(path, data, audio_priming=audio_priming, notes=notes, stats=astats)))
+    if not (vstats.read_error or astats.read_error):
+        notes += ending_notes(info.duration_sec, max(len(frames) / data.vfps, len(audio) / data.afps))
+    return Decoded(frames=frames, audio=audio, fps=float(data.vfps), sample_rate=data.afps,
+                   video_start_sec=vstats.start_sec, audio_start_sec=astats.start_sec, source=info, decoded_path=path,
+                   meta={"audio_priming": audio_priming, "notes": notes})
+
+
+def prepare(path: str | Path, data: DataConfig, *, audio: bool = True, info: MediaInfo | None = None
+            ) -> tuple[Path, dict[str, Any]]:
+    """(the file the model's readers read for ``path``, what making it found): ``path`` itself when it
+    :func:`is_normalised`, else its normalised copy in the cache, made now or checked and reused. The report holds
+    ``notes`` (damage, gaps, truncation of the source) and ``audio_delay_sec`` (how much later the source's sound
+    starts than its picture). ``audio`` False: a video without sound is accepted (its sound comes from elsewhere)."""
+    path = Path(path).expanduser()
+    info = info or probe(path, audio=audio)
+    if is_normalised(info, data):
+        delay = info.audio_start_sec - info.video_start_sec if info.sample_rate else 0.0
+        return path, {"notes": [], "audio_delay_sec": delay}
+    return _cached_copy(path, data, info)
+
+
+def read_video(path: str | Path, cfg: Config | DataConfig, *, audio_priming: AudioPriming = "drop") -> Decoded:
+    """The whole of ``path`` as the model reads it: :func:`decode` of :func:`prepare`'s file.
+
+    ``meta["notes"]`` lists reasons the input may be unreliable (damage found while re-encoding or reading);
+    ``meta["audio_delay_sec"]`` how much later the source's audio started than its video; ``meta["normalised"]``
+    whether a normalised copy was read."""
+    data = cfg.data if isinstance(cfg, Config) else cfg
+    path = Path(path).expanduser()
+    source = probe(path)
+    target, report = prepare(path, data, info=source)
+    decoded = decode(target, data, audio_priming=audio_priming)
+    decoded.source = source
+    decoded.meta.update(notes=list(report["notes"]) + decoded.meta["notes"], normalised=target != path,
+                        audio_delay_sec=report["audio_delay_sec"])
+    return decoded
+
+
+def normalise(path: str | Path, data: DataConfig, *, force: bool = False) -> Path:
+    """A path to ``path`` at the model's rates and size: :func:`prepare`'s file, or with ``force`` the normalised
+    copy even of a file that is already normalised."""
+    path = Path(path).expanduser()
+    return _cached_copy(path, data, probe(path))[0] if force else prepare(path, data)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The normalised copy and its cache
 
 
 def _cache_key(path: Path, data: DataConfig, digest: str | None = None) -> str:
@@ -312,40 +725,38 @@ def report_path(normalised: Path) -> Path:
     return normalised.with_suffix(".json")
 
 
-def read_report(normalised: Path) -> dict[str, Any]:
-    """The report of a normalised copy, or ``{}`` when there is none or it is not a readable JSON object."""
-    try:
-        if report_path(normalised).stat().st_size > MAX_REPORT_BYTES:
-            return {}
-        report = json.loads(report_path(normalised).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return report if isinstance(report, dict) else {}
-
-
 def _verified_report(copy: Path, digest: str) -> dict[str, Any] | None:
     """The report of the cached ``copy`` when the copy is still the file that was written (size and sha256 as
     recorded), was made from the source with ``digest`` by this version, and the report is well formed; else
     None."""
-    report = read_report(copy)
     try:
         size = copy.stat().st_size
-    except OSError:
+        if report_path(copy).stat().st_size > MAX_REPORT_BYTES:
+            return None
+        report = json.loads(report_path(copy).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
-    notes = report.get("notes")
+    if not isinstance(report, dict):
+        return None
+    notes, delay = report.get("notes"), report.get("audio_delay_sec")
     if (
         report.get("version") != REENCODE_VERSION
         or report.get("source_digest") != digest
         or not (isinstance(notes, list) and all(isinstance(n, str) for n in notes))
-        or not _finite_number(report.get("audio_delay_sec"))
+        or not (isinstance(delay, (int, float)) and not isinstance(delay, bool) and math.isfinite(delay))
         or report.get("copy_bytes") != size
     ):
         return None
     return report if report.get("copy_sha256") == file_sha256(copy) else None
 
 
-def _finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def _opens(copy: Path, info: MediaInfo) -> bool:
+    """Whether a copy opens with the streams of its source and a decodable first frame."""
+    try:
+        probe(copy, audio=bool(info.sample_rate))
+    except (VideoDecodeError, MissingStreamError):
+        return False
+    return True
 
 
 def _discard(copy: Path) -> None:
@@ -359,6 +770,26 @@ def _temp_beside(path: Path, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=".partial-")
     os.close(fd)
     return Path(tmp)
+
+
+def _cached_copy(path: Path, data: DataConfig, info: MediaInfo) -> tuple[Path, dict[str, Any]]:
+    """(the normalised copy of ``path`` in the cache, its report).
+
+    A copy is used only when :func:`_verified_report` vouches for it and it opens; one that does not (swapped,
+    truncated, edited, no or a broken report, made from an older version of the source) is deleted and built
+    again; a copy built now that does not open is a :class:`VideoDecodeError` (built once, not in a loop)."""
+    digest = source_digest(path)
+    out = cache_dir() / "normalised" / f"{_cache_key(path, data, digest)}.mp4"
+    report = _verified_report(out, digest)
+    if report is not None and _opens(out, info):
+        return out, report
+    _discard(out)
+    report = _build(path, out, info, data, digest)
+    if not _opens(out, info):
+        _discard(out)
+        raise VideoDecodeError(f"{path}: the copy re-encoded to the model's format does not decode; convert the "
+                               "file to H.264/AAC MP4 with another tool and try that")
+    return out, report
 
 
 def _build(src: Path, out: Path, info: MediaInfo, data: DataConfig, digest: str) -> dict[str, Any]:
@@ -383,332 +814,6 @@ def _build(src: Path, out: Path, info: MediaInfo, data: DataConfig, digest: str)
     return report
 
 
-def _cached_copy(
-    path: Path, data: DataConfig, info: MediaInfo, *, rebuild: bool = False
-) -> tuple[Path, dict[str, Any], bool]:
-    """(the normalised copy of ``path`` in the cache, its report, whether it was built now).
-
-    A copy is used only when :func:`_verified_report` vouches for it; one that does not (swapped, truncated,
-    edited, no or a broken report, made from an older version of the source) is deleted and built again, as is
-    any copy when ``rebuild``."""
-    digest = source_digest(path)
-    out = cache_dir() / "normalised" / f"{_cache_key(path, data, digest)}.mp4"
-    report = None if rebuild else _verified_report(out, digest)
-    if report is not None:
-        return out, report, False
-    _discard(out)
-    return out, _build(path, out, info, data, digest), True
-
-
-def normalise(
-    path: str | Path, data: DataConfig, *, info: MediaInfo | None = None, force: bool = False, progress: bool = False
-) -> Path:
-    """Return a path to a copy of ``path`` at ``data.vfps`` fps, short side ``data.size_before_crop`` and
-    ``data.afps`` Hz (H.264 + mono AAC in MP4), re-encoding it into the cache on first use (see the module
-    docstring for what that does). Already-normalised inputs are returned as they are unless ``force``.
-
-    A cached copy is checked on every use against the digest of its source and its own sha256 (both in its
-    report) and rebuilt when it does not match (see :func:`_cached_copy`)."""
-    path = Path(path)
-    info = info or probe(path)
-    if not force and is_normalised(info, data):
-        return path
-    return _cached_copy(path, data, info)[0]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Re-encoding: pieces
-
-
-@dataclass
-class FrameClock:
-    """Constant-rate output from timestamped input frames, as FFmpeg's ``fps`` filter (rounding to nearest).
-
-    Output tick ``k`` (time ``t0 + k / fps``, ``t0`` the first input frame) shows the latest input frame whose
-    time rounds to a tick at or before ``k``: frames are repeated or dropped by time, not by count. Feed frames
-    in presentation order with :meth:`push`; each call says how many ticks the *previous* frame fills.
-    """
-
-    fps: float
-    t0: float | None = None
-    next_tick: int = 0  # first output tick not yet filled
-    held: Any = None  # the input frame on screen now
-
-    def _tick(self, t: float) -> int:
-        return math.floor((t - self.t0) * self.fps + 0.5)  # halves up, as FFmpeg's AV_ROUND_NEAR_INF
-
-    def push(self, t: float, item: Any) -> tuple[Any, int]:
-        """Input frame ``item`` starts at ``t`` s: returns (previous frame, ticks it fills); 0 drops it."""
-        if self.t0 is None:
-            self.t0, self.held = t, item
-            return None, 0
-        tick = self._tick(t)
-        prev, n = self.held, max(0, tick - self.next_tick)
-        self.next_tick += n
-        self.held = item
-        return prev, n
-
-    def finish(self, t_end: float) -> tuple[Any, int]:
-        """The stream ends at ``t_end`` s: (last frame, ticks it fills), at least one output frame in all."""
-        if self.t0 is None:
-            return None, 0
-        n = max(self._tick(t_end) - self.next_tick, 0 if self.next_tick else 1)
-        self.next_tick += n
-        return self.held, n
-
-
-@dataclass
-class TimeSorter:
-    """Hands frames on with their timestamps sorted, keeping the frames in decoding order.
-
-    Decoders output frames in presentation order, but some containers label them with permuted times: AVI
-    stores only decoding times, so the frames of a stream with B-frames come out as 1, 3, 2, 5, 4, ...
-    Pairing each frame with the smallest of the last ``depth`` timestamps undoes that (as FFmpeg's
-    best-effort timestamps do) and changes nothing for well-ordered input.
-    """
-
-    depth: int = 16
-    _times: list = field(default_factory=list)
-    _items: deque = field(default_factory=deque)
-
-    def push(self, t: float, item: Any) -> list[tuple[float, Any]]:
-        heapq.heappush(self._times, t)
-        self._items.append(item)
-        return [self._pop()] if len(self._items) > self.depth else []
-
-    def drain(self) -> list[tuple[float, Any]]:
-        return [self._pop() for _ in range(len(self._items))]
-
-    def _pop(self) -> tuple[float, Any]:
-        return heapq.heappop(self._times), self._items.popleft()
-
-
-def frame_ticks(times: list[float], fps: float, t_end: float) -> list[int]:
-    """Index of the input frame each output tick shows, for frames starting at ``times`` (see :class:`FrameClock`)."""
-    clock, out = FrameClock(fps), []
-    for i, t in enumerate(times):
-        prev, n = clock.push(t, i)
-        out += [prev] * n
-    last, n = clock.finish(t_end)
-    return out + [last] * n
-
-
-def audio_gap_sec(frame_sec: float) -> float:
-    """Shortest jump in audio timestamps that is a real gap, after a frame of ``frame_sec`` seconds.
-
-    Shorter jumps are timestamp noise and are ignored, as players and FFmpeg's own re-encoding do: containers
-    round times (Matroska to 1 ms), and AVI stores VBR audio (AAC, MP3) with block-counted times that jump by a
-    whole frame whenever a packet is larger than the first ones, without any sound missing."""
-    return max(AUDIO_GAP_SEC, 2.5 * frame_sec)
-
-
-@dataclass
-class MonoTrack:
-    """Audio frames -> one mono float32 track at ``rate`` Hz.
-
-    Each frame is the mean over its channels; frames follow each other sample by sample, anchored at the first
-    frame's time. Silence is inserted where samples are known to be missing: a timestamp jump of at least
-    :func:`audio_gap_sec` (dropped sound, a damaged stretch the demuxer skipped) and packets that failed to
-    decode (:meth:`lose`). Backward jumps are ignored. Resampled with FFmpeg's swresample.
-    """
-
-    rate: int
-    start_sec: float | None = None  # time of the first sample
-    src_rate: int = 0
-    placed: int = 0  # source samples so far, silence included
-    gap_sec: float = 0.0  # silence inserted for timestamp gaps
-    lost_sec: float = 0.0  # silence inserted for packets that failed to decode
-    _next_sec: float | None = None  # where the next frame should start
-    _frame_sec: float = 0.0  # duration of the last frame
-    _resampler: Any = None
-    _chunks: list = field(default_factory=list)
-
-    def add(self, frame: av.AudioFrame) -> None:
-        x = _audio_to_mono([frame])
-        t = float(frame.time) if frame.time is not None else None
-        if self.start_sec is None:
-            self.start_sec = t if t is not None else 0.0
-            self.src_rate = frame.sample_rate
-            self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate)
-        elif frame.sample_rate != self.src_rate:
-            raise VideoDecodeError(
-                f"the audio sample rate changes from {self.src_rate} to {frame.sample_rate} Hz at "
-                f"{t or 0:.2f} s; re-encode the audio to one rate (e.g. ffmpeg -ar 48000) first"
-            )
-        if t is not None and self._next_sec is not None and t - self._next_sec >= audio_gap_sec(self._frame_sec):
-            self.gap_sec += t - self._next_sec
-            self._silence(t - self._next_sec)
-        self._frame_sec = len(x) / self.src_rate
-        self._next_sec = (t if t is not None else self._next_sec or 0.0) + self._frame_sec
-        self._feed(x)
-
-    def lose(self, duration_sec: float | None) -> None:
-        """A packet that should have held ``duration_sec`` (None: as long as the last frame) failed to decode."""
-        if self.start_sec is None:
-            return
-        seconds = duration_sec or self._frame_sec
-        self.lost_sec += seconds
-        self._silence(seconds)
-        self._next_sec = (self._next_sec or 0.0) + seconds
-
-    def _silence(self, seconds: float) -> None:
-        self._feed(np.zeros(round(seconds * self.src_rate), np.float32))
-
-    def _feed(self, x: np.ndarray) -> None:
-        if not len(x):
-            return
-        self.placed += len(x)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None], dtype=np.float32), format="fltp", layout="mono")
-        frame.sample_rate = self.src_rate
-        self._chunks += [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
-
-    def take(self) -> np.ndarray:
-        """The samples resampled since the last call (float32), forgotten here: for streaming. :meth:`finish`
-        then returns only what came after the last call."""
-        chunks, self._chunks = self._chunks, []
-        return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
-
-    def finish(self) -> np.ndarray:
-        """The whole track at ``rate`` (float32); empty when no frame was added."""
-        if self._resampler is not None:
-            self._chunks += [f.to_ndarray()[0] for f in self._resampler.resample(None)]
-        return np.concatenate(self._chunks).astype(np.float32, copy=False) if self._chunks else np.zeros(0, np.float32)
-
-
-def align_audio(track: np.ndarray, delay_sec: float, rate: int) -> np.ndarray:
-    """Start the track at the video's first frame: ``delay_sec`` (audio start minus video start) > 0 puts that
-    much silence before it, < 0 drops the audio before the first frame."""
-    n = round(delay_sec * rate)
-    return np.concatenate([np.zeros(n, np.float32), track]) if n > 0 else track[-n:]
-
-
-@dataclass(frozen=True)
-class LostPacket:
-    """A packet that failed to decode: which stream, and how long it should have lasted (None: unknown)."""
-
-    stream_index: int
-    duration_sec: float | None
-
-
-@dataclass
-class PacketStats:
-    """Packets read and failed per stream while demuxing and decoding."""
-
-    packets: int = 0
-    failed: int = 0
-    error: str = ""
-
-
-def _decode_packets(
-    container: av.container.InputContainer, streams: list, stats: dict[int, PacketStats]
-) -> Iterator[av.frame.Frame | LostPacket]:
-    """Decoded frames of ``streams`` in file order. A packet that fails to decode is counted in ``stats`` and
-    yields a :class:`LostPacket`; a read (demuxing) error ends the file there and is recorded under key -1."""
-    packets = container.demux(*streams)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except av.error.FFmpegError as e:
-            stats[-1] = PacketStats(error=_reason(e))
-            return
-        s = stats[packet.stream.index]
-        s.packets += packet.size > 0
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError as e:
-            s.failed, s.error = s.failed + 1, s.error or _reason(e)
-            duration = float(packet.duration * packet.time_base) if packet.duration and packet.time_base else None
-            yield LostPacket(packet.stream.index, duration)
-            continue
-        yield from frames
-
-
-def _damage_notes(src: Path, stats: dict[int, PacketStats], kinds: dict[int, str]) -> list[str]:
-    """Notes on packets that failed; raises :class:`VideoDecodeError` when a stream is mostly undecodable."""
-    notes = []
-    for index, kind in kinds.items():
-        s = stats[index]
-        if s.failed and s.failed > MAX_BAD_PACKETS * s.packets:
-            raise VideoDecodeError(
-                f"{src}: {s.failed} of {s.packets} {kind} packets could not be decoded ({s.error}); the file is "
-                "too damaged to use: re-export it or get an undamaged copy"
-            )
-        if s.failed:
-            notes.append(
-                f"{s.failed} of {s.packets} {kind} packets could not be decoded ({s.error}): the file is damaged "
-                f"and the {kind} has holes there, so the answer may be unreliable"
-            )
-    return notes
-
-
-def _picture(frame: av.VideoFrame, size: tuple[int, int], rotation: int) -> av.VideoFrame:
-    """A source frame scaled (bicubic) and turned upright to ``size`` (w, h), in yuv420p."""
-    w, h = size
-    sw, sh = (h, w) if rotation in (90, 270) else (w, h)
-    img = frame.to_ndarray(width=sw, height=sh, format="rgb24", interpolation="BICUBIC")
-    img = np.ascontiguousarray(rotate_clockwise(img, rotation))
-    return av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-
-
-class _VideoOut:
-    """Source frames -> the normalised video stream: timestamps sorted (:class:`TimeSorter`), frames picked by
-    time (:class:`FrameClock`), each frame used scaled and turned upright once, then encoded."""
-
-    def __init__(self, container: av.container.OutputContainer, stream, size: tuple[int, int], rotation: int,
-                 fps: int, frame_sec: float):
-        self.container, self.stream, self.size, self.rotation = container, stream, size, rotation
-        self.time_base = Fraction(1, fps)
-        self.sorter, self.clock = TimeSorter(), FrameClock(fps)
-        self.frame_sec = frame_sec  # duration of the last frame: from the frame, else 1 / the average rate
-        self.last_sec: float | None = None  # latest frame time seen
-        self.written = 0
-
-    def add(self, frame: av.VideoFrame) -> None:
-        if frame.time is not None:
-            t = float(frame.time)
-        else:
-            t = self.last_sec + self.frame_sec if self.last_sec is not None else 0.0
-        if frame.duration and frame.time_base:
-            self.frame_sec = float(frame.duration * frame.time_base)
-        self.last_sec = t if self.last_sec is None else max(t, self.last_sec)
-        for t_sorted, item in self.sorter.push(t, frame):
-            self._write(*self.clock.push(t_sorted, item))
-
-    def finish(self) -> tuple[float, float] | None:
-        """Encode what is left; (first frame time, end of the last frame) in source seconds, None if no frame."""
-        for t_sorted, item in self.sorter.drain():
-            self._write(*self.clock.push(t_sorted, item))
-        if self.clock.t0 is None:
-            return None
-        end = self.last_sec + self.frame_sec
-        self._write(*self.clock.finish(end))
-        self.container.mux(self.stream.encode(None))
-        return self.clock.t0, end
-
-    def _write(self, frame: av.VideoFrame | None, count: int) -> None:
-        if frame is None or count <= 0:
-            return
-        picture = _picture(frame, self.size, self.rotation)
-        for _ in range(count):
-            picture.pts, picture.time_base = self.written, self.time_base
-            self.container.mux(self.stream.encode(picture))
-            self.written += 1
-
-
-def _write_audio(container: av.container.OutputContainer, stream, track: np.ndarray, rate: int) -> None:
-    for start in range(0, len(track), AAC_FRAME):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(track[None, start : start + AAC_FRAME]), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Re-encoding
-
-
 @contextmanager
 def _output(path: Path) -> Iterator[av.container.OutputContainer]:
     """An MP4 output container that, when the body fails, is closed without letting a closing error (no
@@ -724,472 +829,39 @@ def _output(path: Path) -> Iterator[av.container.OutputContainer]:
 
 
 def _reencode(src: Path, dst: Path, info: MediaInfo, data: DataConfig) -> dict[str, Any]:
-    """Write the normalised copy of ``src`` to ``dst``; returns the report (notes, audio delay, damage)."""
-    size = target_size(*info.display_size, data.size_before_crop)
-    with _open(src) as cin, _output(dst) as cout:
-        vin, ain = _streams(cin, src)
-        kinds = {vin.index: "video", ain.index: "audio"}  # stream attributes are invalid after closing
-        vout = cout.add_stream("libx264", rate=data.vfps, options=dict(X264_OPTIONS))
-        vout.width, vout.height, vout.pix_fmt = size[0], size[1], "yuv420p"
-        aout = cout.add_stream("aac", rate=data.afps, layout="mono")
-        aout.bit_rate = AAC_BITRATE
-
-        video = _VideoOut(cout, vout, size, info.rotation, data.vfps, 1.0 / (info.fps or data.vfps))
-        track = MonoTrack(data.afps)
-        stats = {index: PacketStats() for index in kinds}
-        for frame in _decode_packets(cin, [vin, ain], stats):
-            if isinstance(frame, LostPacket):  # a lost video frame: the previous one stays until the next
-                if kinds[frame.stream_index] == "audio":
-                    track.lose(frame.duration_sec)
-            elif isinstance(frame, av.AudioFrame):
-                track.add(frame)
-            else:
-                video.add(frame)
-        span = video.finish()
-        if span is None:
-            raise VideoDecodeError(f"{src}: the video stream has no decodable frames; the file is damaged or empty")
-        audio = track.finish()
-        if not len(audio):
-            raise VideoDecodeError(f"{src}: the audio stream has no decodable samples; the file is damaged or empty")
-        delay = track.start_sec - span[0]
-        _write_audio(cout, aout, align_audio(audio, delay, data.afps), data.afps)
-
-    notes = _damage_notes(src, stats, kinds)
-    decoded_sec = max(span[1], track.start_sec + track.placed / track.src_rate) - min(span[0], track.start_sec)
-    notes += _ending_notes(info.duration_sec, decoded_sec, stats[-1].error if -1 in stats else "")
-    if track.gap_sec > AUDIO_GAP_SEC:
-        notes.append(f"the audio has gaps ({track.gap_sec:.2f} s in all) that were filled with silence: the "
-                     "recording dropped sound or the file is damaged, so the answer may be unreliable there")
+    """Write the normalised copy of ``src`` to ``dst`` (the pipeline's frames as H.264, its samples from the first
+    frame on as mono AAC; a video without sound stays without); returns the report (notes, audio delay, damage)."""
+    vstats, astats = StreamStats(), StreamStats()
+    frames = _video_frames(src, data, vstats, pix_fmt="yuv420p")
+    with _output(dst) as out:
+        first = next(frames)
+        vout = out.add_stream("libx264", rate=data.vfps, options=dict(X264_OPTIONS))
+        vout.width, vout.height, vout.pix_fmt = first.width, first.height, "yuv420p"
+        if info.sample_rate:
+            aout = out.add_stream("aac", rate=data.afps, layout="mono")
+            aout.bit_rate = AAC_BITRATE
+        written = 0
+        for written, frame in enumerate(chain([first], frames), 1):
+            frame.pts, frame.time_base = written - 1, Fraction(1, data.vfps)
+            out.mux(vout.encode(frame))
+        out.mux(vout.encode(None))
+        if info.sample_rate:
+            placed = 0
+            for chunk in _audio_chunks(src, data.afps, astats, start_sec=vstats.start_sec):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None]), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = data.afps, placed, Fraction(1, data.afps)
+                out.mux(aout.encode(frame))
+                placed += len(chunk)
+            out.mux(aout.encode(None))
+    streams = [("video", vstats)] + ([("audio", astats)] if info.sample_rate else [])
+    notes = [note for kind, stats in streams for note in _stream_notes(src, kind, stats)]
+    if not any(stats.read_error for _, stats in streams):
+        notes += ending_notes(info.duration_sec, max(s.end_sec for _, s in streams) - min(s.start_sec for _, s in streams))
     return {
         "version": REENCODE_VERSION,
         "notes": notes,
-        "audio_delay_sec": round(delay, 6),
-        "video_frames": video.written,
-        "audio_gap_sec": round(track.gap_sec, 6),
-        "failed_packets": {kind: stats[index].failed for index, kind in kinds.items()},
+        "audio_delay_sec": round(astats.start_sec - vstats.start_sec, 6) if info.sample_rate else 0.0,
+        "video_frames": written,
+        "audio_gap_sec": round(astats.gap_sec, 6),
+        "failed_packets": {kind: stats.failed for kind, stats in streams},
     }
-
-
-def _ending_notes(header_sec: float, decoded_sec: float, read_error: str = "") -> list[str]:
-    """Notes when reading stopped on an error, or the streams end well before the header's duration."""
-    if read_error:
-        return [f"reading stopped after {decoded_sec:.2f} s ({read_error}): the file is truncated or damaged "
-                "there, and only what came before was used"]
-    if header_sec and decoded_sec < header_sec - TRUNCATION_SEC:
-        return [f"the file ends after {decoded_sec:.2f} s although its header says {header_sec:.2f} s: it "
-                "is truncated or still being written, and only what is there was used"]
-    return []
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Decoding
-
-
-def _audio_to_mono(frames: list[av.AudioFrame]) -> np.ndarray:
-    """Decoded audio frames -> (N,) float32, the mean over channels."""
-    chunks = []
-    for frame in frames:
-        if frame.format.is_planar and frame.format.name == "fltp":
-            x = frame.to_ndarray()  # (C, n)
-        else:
-            x = frame.to_ndarray().astype(np.float32)
-            if not frame.format.is_planar:
-                x = x.reshape(-1, len(frame.layout.channels)).T
-            if frame.format.name in ("s16", "s16p"):
-                x = x / 32768.0
-            elif frame.format.name in ("s32", "s32p"):
-                x = x / 2147483648.0
-            elif frame.format.name in ("u8", "u8p"):
-                x = (x - 128.0) / 128.0
-        chunks.append(x.astype(np.float32, copy=False))
-    if not chunks:
-        return np.zeros(0, np.float32)
-    return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
-
-
-def timing_problems(
-    video_times: list[float | None], fps: float, audio_times: list[float | None], audio_lengths: list[int], sample_rate: int
-) -> list[str]:
-    """Why decoded streams cannot be used index by index: frames off the constant-rate grid (by half a frame or
-    more), or an audio frame starting a gap (:func:`audio_gap_sec`) after, or as much before, the previous one's end."""
-    problems = []
-    if video_times and all(t is not None for t in video_times):
-        t = np.sort(np.asarray(video_times, dtype=np.float64))  # the frames are in order; times may be permuted
-        if np.abs(t - t[0] - np.arange(len(t)) / fps).max() >= 0.5 / fps:
-            problems.append("video frames are not on a constant-rate grid")
-    if len(audio_times) > 1 and all(t is not None for t in audio_times):
-        t = np.asarray(audio_times, dtype=np.float64)
-        seconds = np.asarray(audio_lengths, dtype=np.float64) / sample_rate
-        jumps = t[1:] - (t[:-1] + seconds[:-1])
-        if any(abs(j) >= audio_gap_sec(s) for j, s in zip(jumps, seconds[:-1])):
-            problems.append("audio frames have gaps or overlaps")
-    return problems
-
-
-def _rgb_frames(frames: Iterator[av.VideoFrame], expected: int, path: Path) -> tuple[np.ndarray | None, list]:
-    """Decoded video frames -> (RGB (T, H, W, 3) uint8, presentation times (T,) in seconds or None).
-
-    Frames are converted one at a time into one array sized by the container's frame count (grown if that
-    count is low), so memory holds the RGB frames once, not also a list of decoded frames.
-    """
-    buf, n, times = None, 0, []
-    for f in frames:
-        img = f.to_ndarray(format="rgb24")
-        if buf is None:
-            buf = np.empty((max(int(expected or 0), 1), *img.shape), np.uint8)
-        elif img.shape != buf.shape[1:]:
-            raise VideoDecodeError(f"{path}: the picture size changes within the video; let synchlib "
-                                   "normalise it (read_video) or re-encode it to one size")
-        if n == len(buf):
-            buf = np.concatenate([buf, np.empty_like(buf)])
-        buf[n] = img
-        n += 1
-        times.append(None if f.time is None else float(f.time))
-    if buf is None:
-        return None, times
-    return (buf[:n] if n == len(buf) else buf[:n].copy()), times
-
-
-def decode(path: str | Path, *, audio_priming: AudioPriming = "drop") -> Decoded:
-    """Decode a whole file as it is (no normalisation): RGB frames, mono audio, rates and start times.
-
-    ``meta["timing_problems"]`` lists why frames or samples cannot be taken index by index (variable frame rate,
-    gaps); :func:`read_video` re-encodes such files.
-    """
-    if audio_priming not in AUDIO_PRIMING_OPTIONS:
-        raise InvalidArgumentError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
-    path = Path(path)
-    info = probe(path)
-    with _open(path) as c:
-        v, a = _streams(c, path)
-        try:
-            frames, vtimes = _rgb_frames(c.decode(v), expected=v.frames, path=path)
-            video_start = vtimes[0] if vtimes and vtimes[0] is not None else 0.0
-            c.seek(0)
-            if audio_priming == "keep":
-                a.codec_context.options = {"flags2": "skip_manual"}
-            aframes = list(c.decode(a))
-        except av.error.FFmpegError as e:
-            raise VideoDecodeError(f"{path}: decoding failed ({e}); the file may be truncated or corrupt") from None
-        fps = float(v.average_rate or info.fps)  # read while open: stream attributes are invalid after closing
-        sample_rate = a.codec_context.sample_rate
-    if frames is None or len(frames) == 0:
-        raise VideoDecodeError(f"{path}: the video stream has no decodable frames")
-    audio = _audio_to_mono(aframes)
-    if audio.size == 0:
-        raise VideoDecodeError(f"{path}: the audio stream has no decodable samples")
-    audio_start = float(aframes[0].time) if aframes[0].time is not None else 0.0
-    problems = timing_problems(vtimes, fps,
-                               [None if f.time is None else float(f.time) for f in aframes],
-                               [f.samples for f in aframes], sample_rate)
-    return Decoded(
-        frames=frames,
-        audio=audio,
-        fps=fps,
-        sample_rate=sample_rate,
-        video_start_sec=video_start,
-        audio_start_sec=audio_start,
-        source=info,
-        decoded_path=path,
-        meta={"audio_priming": audio_priming, "timing_problems": problems},
-    )
-
-
-def _decode_as_is(path: Path, audio_priming: AudioPriming) -> Decoded | None:
-    """:func:`decode` of a file that looked normalised, or None when it does not decode cleanly."""
-    try:
-        decoded = decode(path, audio_priming=audio_priming)
-    except VideoDecodeError:
-        return None
-    return None if decoded.meta["timing_problems"] else decoded
-
-
-def _decode_cached(
-    path: Path, data: DataConfig, source: MediaInfo, audio_priming: AudioPriming
-) -> tuple[Path, dict[str, Any], Decoded]:
-    """(copy, its report, :func:`decode` of it) for the normalised copy of ``path`` in the cache. A cached copy
-    that does not decode is deleted and built once more; a copy built now that does not decode is a
-    :class:`VideoDecodeError`."""
-    target, report, built = _cached_copy(path, data, source)
-    if not built:
-        try:
-            return target, report, decode(target, audio_priming=audio_priming)
-        except VideoDecodeError:
-            target, report, _ = _cached_copy(path, data, source, rebuild=True)
-    try:
-        return target, report, decode(target, audio_priming=audio_priming)
-    except VideoDecodeError as e:
-        _discard(target)
-        raise VideoDecodeError(
-            f"{path}: the copy re-encoded to the model's format does not decode ({e}); convert the file to "
-            "H.264/AAC MP4 with another tool and try that"
-        ) from None
-
-
-def read_video(
-    path: str | Path, cfg: Config | DataConfig, *, audio_priming: AudioPriming = "drop"
-) -> Decoded:
-    """Decode ``path`` at the model's rates: normalise (re-encode, cached) when needed, then :func:`decode`.
-
-    ``meta["notes"]`` lists reasons the input may be unreliable (damage found while re-encoding);
-    ``meta["audio_delay_sec"]`` how much later the source's audio started than its video.
-    """
-    data = cfg.data if isinstance(cfg, Config) else cfg
-    path = Path(path).expanduser()
-    source = probe(path)
-    target = path
-    decoded = _decode_as_is(path, audio_priming) if is_normalised(source, data) else None
-    if decoded is not None:
-        extent = max(len(decoded.frames) / decoded.fps, len(decoded.audio) / decoded.sample_rate)
-        report = {"notes": _ending_notes(source.duration_sec, extent),
-                  "audio_delay_sec": source.audio_start_sec - source.video_start_sec}
-    else:  # not normalised, or looked normalised but does not decode cleanly: the cached copy
-        target, report, decoded = _decode_cached(path, data, source, audio_priming)
-    decoded.source = source
-    decoded.meta.update(notes=list(report.get("notes", [])), audio_delay_sec=report.get("audio_delay_sec", 0.0),
-                        normalised=target != path)
-    return decoded
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Streaming: normalised frames and samples a piece at a time, for videos of any length
-#
-# The same rules as normalisation (frames picked by time on the fps grid, the short side scaled, rotation applied,
-# mono audio placed by its timestamps and started at the first video frame), without the H.264/AAC round trip and
-# without ever holding more than one source frame. A file that is already normalised streams exactly what
-# :func:`decode` (and so :func:`read_video`) gives.
-
-FrameFilter = Callable[[int], bool]
-
-
-def _clocked_frames(
-    container: av.container.InputContainer, stream, stats: dict[int, PacketStats], clock: FrameClock, frame_sec: float
-) -> Iterator[tuple[av.VideoFrame | None, int]]:
-    """Decoded frames of ``stream`` on ``clock``'s constant-rate grid, timestamps sorted (:class:`TimeSorter`):
-    (source frame, output ticks it fills), in order; 0 ticks is a dropped frame. ``frame_sec`` is the duration
-    of a frame without one (1 / the average rate). Packets that fail to decode leave the previous frame on screen."""
-    sorter = TimeSorter()
-    last_sec: float | None = None
-    for frame in _decode_packets(container, [stream], stats):
-        if isinstance(frame, LostPacket):
-            continue
-        t = float(frame.time) if frame.time is not None else (last_sec + frame_sec if last_sec is not None else 0.0)
-        if frame.duration and frame.time_base:
-            frame_sec = float(frame.duration * frame.time_base)
-        last_sec = t if last_sec is None else max(t, last_sec)
-        for t_sorted, item in sorter.push(t, frame):
-            yield clock.push(t_sorted, item)
-    for t_sorted, item in sorter.drain():
-        yield clock.push(t_sorted, item)
-    if last_sec is not None:
-        yield clock.finish(last_sec + frame_sec)
-
-
-def _rgb(frame: av.VideoFrame, size: tuple[int, int], rotation: int, reformatter: VideoReformatter) -> np.ndarray:
-    """A source frame as (h, w, 3) uint8 RGB at ``size`` (w, h), upright. A frame already at that size and upright
-    is converted as :func:`decode` does (no scaling); others are scaled bicubically and turned as :func:`_picture`.
-    ``reformatter`` keeps FFmpeg's conversion context between frames (same pixels as ``to_ndarray``, 3-6x faster)."""
-    if rotation == 0 and (frame.width, frame.height) == tuple(size):
-        return reformatter.reformat(frame, format="rgb24").to_ndarray()
-    w, h = size
-    sw, sh = (h, w) if rotation in (90, 270) else (w, h)
-    img = reformatter.reformat(frame, width=sw, height=sh, format="rgb24", interpolation="BICUBIC").to_ndarray()
-    return np.ascontiguousarray(rotate_clockwise(img, rotation))
-
-
-def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """(top, left) of the centred ``size`` x ``size`` crop, with Python's round (halves to even)."""
-    if height < size or width < size:
-        raise ClipTooShortError(f"frames of {width}x{height} are smaller than the {size}x{size} model input")
-    return round((height - size) / 2), round((width - size) / 2)
-
-
-def _center_box(size: tuple[int, int], crop: int) -> tuple[slice, slice]:
-    """(rows, columns) of the centred ``crop`` x ``crop`` square in a (w, h) picture, as the model's crop."""
-
-    top, left = center_crop_box(size[1], size[0], crop)
-    return slice(top, top + crop), slice(left, left + crop)
-
-
-def _stream_notes(path: Path, stats: dict[int, PacketStats], kinds: dict[int, str], decoded_sec: float) -> list[str]:
-    """Damage and read-error notes of a streamed file (raises when a stream is mostly undecodable). An end before
-    the header's duration is left to the caller, who knows both streams' lengths (:func:`ending_notes`)."""
-    read_error = stats[-1].error if -1 in stats else ""
-    return _damage_notes(path, stats, kinds) + (_ending_notes(0.0, decoded_sec, read_error) if read_error else [])
-
-
-def ending_notes(header_sec: float, decoded_sec: float) -> list[str]:
-    """A note when the streams (``decoded_sec``, the longer one) end well before the header's duration."""
-    return _ending_notes(header_sec, decoded_sec)
-
-
-def iter_video(
-    path: str | Path,
-    data: DataConfig,
-    *,
-    crop: bool = True,
-    wanted: FrameFilter | None = None,
-    notes: list[str] | None = None,
-) -> Iterator[tuple[int, np.ndarray | None]]:
-    """Stream the frames of ``path`` at ``data.vfps`` as normalisation places them: ``(index, frame)`` pairs, frame
-    (h, w, 3) uint8 RGB.
-
-    Frames are picked by timestamp (:class:`FrameClock`, the rule of FFmpeg's ``fps`` filter), turned upright, the
-    short side scaled (bicubic) to ``data.size_before_crop``; with ``crop`` only the model's centred
-    ``data.input_size`` square is kept (a copy: the full frame is dropped at once). A file already at that size,
-    upright, is converted without scaling, so a normalised file gives bit for bit ``decode(path).frames`` (cropped).
-    Other files skip the H.264 round trip of :func:`normalise`, so they differ from :func:`read_video` by that
-    re-encoding's loss only.
-
-    ``wanted(index)`` False: the frame is not converted and comes as ``(index, None)`` (cheap; decoding cannot be
-    skipped). A frame repeated by the clock is the same array each time: do not modify frames in place. Damage
-    (packets that failed to decode, an early end) is appended to ``notes`` when the stream ends; more than half the
-    packets failing raises :class:`VideoDecodeError` then. Memory: one source frame, one converted frame.
-    """
-    path = Path(path)
-    info = probe(path)
-    size = target_size(*info.display_size, data.size_before_crop)
-    box = _center_box(size, data.input_size) if crop else None
-    index = 0
-    reformatter = VideoReformatter()
-    with _open(path) as c:
-        vin, _ = _streams(c, path)
-        vin.thread_type = "AUTO"  # frame/slice threads: same pictures, faster for large frames
-        kinds = {vin.index: "video"}
-        stats = {vin.index: PacketStats()}
-        for frame, count in _clocked_frames(c, vin, stats, FrameClock(data.vfps), 1.0 / (info.fps or data.vfps)):
-            img = None
-            for _ in range(count):
-                if wanted is not None and not wanted(index):
-                    yield index, None
-                else:
-                    if img is None:
-                        img = _rgb(frame, size, info.rotation, reformatter)
-                        img = np.ascontiguousarray(img[box]) if box is not None else img
-                    yield index, img
-                index += 1
-    if index == 0:
-        raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
-    if notes is not None:
-        notes += _stream_notes(path, stats, kinds, index / data.vfps)
-
-
-def first_frame_time(path: str | Path, data: DataConfig) -> float:
-    """Presentation time (s) of the first video frame as normalisation's clock takes it (the earliest of the first
-    timestamps, see :class:`TimeSorter`): where the streamed audio starts."""
-    path = Path(path)
-    with _open(path) as c:
-        vin, _ = _streams(c, path)
-        clock = FrameClock(data.vfps)
-        for _ in _clocked_frames(c, vin, {vin.index: PacketStats()}, clock, 1.0 / data.vfps):
-            break
-    if clock.t0 is None:
-        raise VideoDecodeError(f"{path}: the video stream has no decodable frames; the file is damaged or empty")
-    return clock.t0
-
-
-def _audio_only_stream(container: av.container.InputContainer, path: Path):
-    """The first audio stream of any file (audio-only files included)."""
-    if not container.streams.audio:
-        held = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
-        raise MissingStreamError(f"{path} has no audio stream (it holds: {held}); give a file with sound")
-    return container.streams.audio[0]
-
-
-def _mono_chunks(
-    container: av.container.InputContainer, stream, track: MonoTrack, stats: dict[int, PacketStats]
-) -> Iterator[np.ndarray]:
-    """The samples of ``stream`` as ``track`` makes them (mono, resampled, gaps silent), chunk by chunk."""
-    for frame in _decode_packets(container, [stream], stats):
-        if isinstance(frame, LostPacket):
-            track.lose(frame.duration_sec)
-        else:
-            track.add(frame)
-        chunk = track.take()
-        if len(chunk):
-            yield chunk
-    chunk = track.finish()
-    if len(chunk):
-        yield chunk
-
-
-def _aligned(chunks: Iterator[np.ndarray], shift: Callable[[], int]) -> Iterator[np.ndarray]:
-    """``chunks`` started ``shift()`` samples later (silence first) or, when negative, that many samples earlier
-    (dropped); ``shift`` is asked once, after the first chunk arrived."""
-    drop = None
-    for chunk in chunks:
-        if drop is None:
-            n = shift()
-            if n > 0:
-                yield np.zeros(n, np.float32)
-            drop = max(0, -n)
-        if drop:
-            chunk, drop = chunk[drop:], max(0, drop - len(chunk))
-        if len(chunk):
-            yield chunk
-
-
-def iter_audio(
-    path: str | Path,
-    data: DataConfig,
-    *,
-    video_start_sec: float | None = None,
-    audio_priming: AudioPriming = "drop",
-    notes: list[str] | None = None,
-) -> Iterator[np.ndarray]:
-    """Stream the sound of ``path`` as normalisation makes it: float32 (n,) chunks of one mono track at
-    ``data.afps`` (mean over channels, FFmpeg's swresample, silence for timestamp gaps and undecodable packets).
-
-    The track starts at the first video frame (``video_start_sec``, found with :func:`first_frame_time` when
-    None): audio that starts later is preceded by silence, audio before it is dropped. A file that is already
-    normalised is taken as it is (as :func:`read_video` does: no shift), so it gives exactly ``decode(path).audio``.
-    Damage and gaps are appended to ``notes`` at the end. Memory: a few decoded frames.
-    """
-    if audio_priming not in AUDIO_PRIMING_OPTIONS:
-        raise InvalidArgumentError(f"audio_priming must be one of {AUDIO_PRIMING_OPTIONS}, got {audio_priming!r}")
-    path = Path(path)
-    info = probe(path)
-    as_is = is_normalised(info, data)
-    if not as_is and video_start_sec is None:
-        video_start_sec = first_frame_time(path, data)
-    track = MonoTrack(data.afps)
-    placed = 0
-
-    def shift() -> int:
-        return 0 if as_is else round((track.start_sec - video_start_sec) * data.afps)
-
-    with _open(path) as c:
-        _, ain = _streams(c, path)
-        if audio_priming == "keep":
-            ain.codec_context.options = {"flags2": "skip_manual"}
-        kinds = {ain.index: "audio"}
-        stats = {ain.index: PacketStats()}
-        for chunk in _aligned(_mono_chunks(c, ain, track, stats), shift):
-            placed += len(chunk)
-            yield chunk
-    if not placed:
-        raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
-    if notes is not None:
-        notes += _stream_notes(path, stats, kinds, placed / data.afps)
-        if track.gap_sec > AUDIO_GAP_SEC:
-            notes.append(f"the audio has gaps ({track.gap_sec:.2f} s in all) that were filled with silence: the "
-                         "recording dropped sound or the file is damaged, so the answer may be unreliable there")
-
-
-def read_audio(path: str | Path, rate: int) -> np.ndarray:
-    """The first audio stream of any file (wav, flac, m4a, mp3, or a video) as one mono float32 (N,) track at
-    ``rate`` Hz: mean over channels, FFmpeg's swresample, silence for gaps. It starts at its first sample (its
-    start time is not used: the track is taken to start with the video it goes with)."""
-    path = Path(path)
-    track = MonoTrack(rate)
-    with _open(path) as c:
-        if _not_a_video(c) == "a text file":
-            raise VideoDecodeError(f"{path} is a text file, not audio; give a wav, flac, m4a, mp3 or video file")
-        stream = _audio_only_stream(c, path)
-        kinds = {stream.index: "audio"}
-        stats = {stream.index: PacketStats()}
-        chunks = list(_mono_chunks(c, stream, track, stats))
-    _damage_notes(path, stats, kinds)  # raises when the stream is mostly undecodable
-    if not chunks:
-        raise VideoDecodeError(f"{path}: the audio stream has no decodable samples; the file is damaged or empty")
-    return np.concatenate(chunks)

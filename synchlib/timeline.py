@@ -13,7 +13,8 @@ video. With the default hop (4 strides, 1.28 s) a window costs 4 new segments in
 too, with fewer shared segments (same answers, more compute).
 
 Why memory does not grow with the length. Frames and samples come from :func:`synchlib.io.iter_video` and
-:func:`synchlib.io.iter_audio` (streaming decoders, frames cropped to the model's input at once); a frame or
+:func:`synchlib.io.iter_audio` (streaming decoders, frames cropped to the model's input at once), reading the file
+``predict`` reads (:func:`synchlib.io.prepare`: the file itself, or its normalised copy); a frame or
 sample is kept only until the segments that use it are queued for the extractors; a segment's features are
 dropped as soon as the last window using it has been predicted. What is held at any time: one window's span of
 segments and features (plus one batch), independent of the video's length; the result table grows by one row
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 from .checks import one_of, real
 from .config import DataConfig
 from .errors import ClipTooShortError, ConfigError, InvalidArgumentError
-from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, probe
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, prepare, probe
 from .manifests import resolve_video
 from .model import Synchformer, autocast, check_precision
 from .predict import check_batch_size, logits_to_prediction
@@ -509,15 +510,17 @@ def iter_window_logits(
     if not isinstance(video, (str, Path)):
         raise InvalidArgumentError(f"the video must be a path (str or Path), got {type(video).__name__}")
     path = resolve_video(video)
-    info = probe(path)
+    target, report = prepare(path, data)  # the file predict reads: the same frames and samples
+    info = probe(target)
     notes = [] if notes is None else notes
+    notes += report["notes"]
     # Without an end_sec, the header's duration (when there is one) spares the segments of windows that would
     # only turn out not to fit at the end of the file; a header that is too short costs no window (the slack).
     last = end_sec if end_sec is not None else (info.duration_sec + HEADER_SLACK_SEC if info.duration_sec else None)
     engine = WindowStream(model, window_starts(start_sec, hop_sec, data, last), batch_size=batch_size,
                           precision=precision)
-    frames = iter_video(path, data, wanted=engine.wants_frame, notes=notes)
-    audio = iter_audio(path, data, audio_priming=audio_priming, notes=notes)
+    frames = iter_video(target, data, wanted=engine.wants_frame, notes=notes)
+    audio = iter_audio(target, data, audio_priming=audio_priming, notes=notes)
     known = info.duration_sec if end_sec is None else min(info.duration_sec or end_sec, end_sec)
     # whole seconds of video read (a float count would show as 3.0000000000000013/30.0)
     bar = tqdm(total=math.floor(known) if known else None, unit="s", desc="offset timeline", disable=not progress)
@@ -535,7 +538,7 @@ def iter_window_logits(
         finally:
             frames.close(), audio.close()
         bar.update(max(0, (bar.total or 0) - bar.n))  # done: the rest of the video holds no further window
-    if engine.video_done and engine.audio_done and end_sec is None:  # both read to their ends
+    if engine.video_done and engine.audio_done and end_sec is None and target == path:  # both read to their ends
         notes += ending_notes(info.duration_sec, max(engine.n_frames / data.vfps, engine.samples.end / data.afps))
     if stats is not None:
         stats.update(windows=engine.windows_done, video_segments=engine.video.computed,

@@ -17,15 +17,16 @@ import torch
 
 import synchlib
 from synchlib.checkpoints import save_checkpoint
+from synchlib.config import load_config
 from synchlib.desync import (
     DESYNC_COLUMNS, add_desync_arguments, clip_desync, desync, desync_items, desync_windows, run_desync,
 )  # fmt: skip
-from synchlib.errors import ClipTooShortError, SynchlibError
+from synchlib.errors import ClipTooShortError, MissingStreamError, SynchlibError
 from synchlib.io import decode, read_audio
 from synchlib.preprocess import frames_to_input, log_mel
 from synchlib.synthetic import make_clip
 
-from .helpers import TINY
+from .helpers import TINY, write_av
 from .onset_oracle import OnsetOracle
 
 SHIFT_SEC = 0.8  # four grid steps
@@ -62,7 +63,7 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("desync")
     video = d / "clip.mp4"
     make_clip(video, seed=3, duration_sec=CLIP_SEC)
-    wave = decode(video).audio
+    wave = decode(video, load_config(TINY).data).audio
     n = int(SHIFT_SEC * 16000)
     early_wave = np.concatenate([wave[n:], np.zeros(n, np.float32)])
     early = write_audio(d / "early.m4a", early_wave, rate=44100, layout="stereo")
@@ -103,7 +104,7 @@ def test_first_window_equals_direct_computation(model, cfg, clips):
     """The first window's answer equals the model run directly on segments cut from frame 0 and sample 0."""
     data = cfg.data
     row = clip_desync(model, clips["video"])
-    dec = decode(clips["video"])
+    dec = decode(clips["video"], data)
     S, L, La = data.n_segments, data.segment_size_vframes, data.segment_size_asamples
     vid = torch.stack([frames_to_input(dec.frames[8 * i : 8 * i + L], data) for i in range(S)])
     waves = torch.stack([torch.from_numpy(dec.audio[5120 * i : 5120 * i + La]) for i in range(S)])
@@ -125,6 +126,32 @@ def test_shifted_audio_raises_desync_in_the_expected_direction(cfg, clips):
     assert late["first_offset_sec"] == pytest.approx(-SHIFT_SEC) == late["last_offset_sec"]
     assert early["desync_sec"] == pytest.approx(SHIFT_SEC) == late["desync_sec"]
     assert early["audio"] == str(clips["early"]) and own["audio"] == ""
+
+
+def mute(src: Path, dst: Path) -> Path:
+    """``src`` without its sound (the video packets copied)."""
+    with av.open(str(src)) as cin, av.open(str(dst), "w") as cout:
+        vin = cin.streams.video[0]
+        vout = cout.add_stream_from_template(vin)
+        for packet in cin.demux(vin):
+            if packet.dts is not None:
+                packet.stream = vout
+                cout.mux(packet)
+    return dst
+
+
+def test_muted_video_with_separate_audio_is_scored(cfg, clips, tmp_path, monkeypatch):
+    """Default protocol: frames from the muted video (as it is, or its normalised copy), sound from the audio file."""
+    monkeypatch.setenv("SYNCHLIB_CACHE", str(tmp_path / "cache"))
+    oracle = OnsetOracle(cfg)
+    muted = mute(clips["video"], tmp_path / "muted.mp4")
+    early = clip_desync(oracle, muted, clips["early"])
+    assert early["error"] == "" and early["first_offset_sec"] == pytest.approx(SHIFT_SEC) == early["last_offset_sec"]
+    assert early["desync_sec"] == clip_desync(oracle, clips["video"], clips["early"])["desync_sec"]
+    odd = write_av(tmp_path / "odd.mp4", fps=30, size=(96, 64), seconds=6.0, audio=False)  # through a silent copy
+    assert clip_desync(oracle, odd, clips["late"])["duration_sec"] == pytest.approx(6.0, abs=0.05)
+    with pytest.raises(MissingStreamError, match="no audio stream"):
+        clip_desync(oracle, muted)
 
 
 @pytest.mark.skipif(not (Path(synchlib.__file__).parent / "assets" / "tiny-synthetic.pt").is_file(),

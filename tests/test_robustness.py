@@ -27,7 +27,7 @@ from synchlib import cli
 from synchlib import io as sio
 from synchlib.checkpoints import ASSETS_DIR, save_checkpoint
 from synchlib.errors import ClipTooShortError, UnreliableInputWarning, VideoDecodeError
-from synchlib.io import align_audio, clockwise_rotation, frame_ticks, probe, read_video, rotate_clockwise
+from synchlib.io import StreamStats, _audio_chunks, clockwise_rotation, iter_video, probe, read_video
 from synchlib.preprocess import load_clip
 
 from .helpers import TINY, event_times, video_frame_times, write_av, write_media
@@ -363,30 +363,44 @@ def test_rotation_is_applied_clockwise(corpus, cfg):
 
 def test_rotation_helpers():
     assert [clockwise_rotation(r) for r in (0, -90, 90, 180, -180, -89.6)] == [0, 90, 270, 180, 180, 90]
-    img = np.arange(6).reshape(2, 3, 1)
-    assert rotate_clockwise(img, 90)[:, :, 0].tolist() == [[3, 0], [4, 1], [5, 2]]
-    assert rotate_clockwise(img, 0) is img
 
 
-def test_frame_clock_picks_frames_by_time():
-    assert frame_ticks([i / 50 for i in range(10)], 25, 10 / 50) == [0, 2, 4, 6, 8]  # 50 fps: the on-tick ones
-    assert frame_ticks([i / 12.5 for i in range(3)], 25, 3 / 12.5) == [0, 0, 1, 1, 2, 2]  # 12.5 fps: each twice
-    assert frame_ticks([0.0, 0.09, 0.13, 0.49], 25, 0.57) == [0, 0, 1] + [2] * 9 + [3, 3]  # variable
-    assert frame_ticks([10.0, 10.04, 10.08], 25, 10.12) == [0, 1, 2]  # times count from the first frame
-    assert frame_ticks([0.3], 25, 0.3) == [0]  # always one frame
+def shown_frames(tmp_path, cfg, times, fps) -> list[int]:
+    """Which source frame each output frame shows, for a video whose frame ``i`` (a grey level of 16 * i) starts
+    at ``times[i]``: FFmpeg's ``fps`` filter picks them by time."""
+    levels = (np.arange(len(times)) * 16).astype(np.uint8)
+    frames = np.repeat(levels[:, None, None, None], 64 * 64 * 3, axis=1).reshape(len(times), 64, 64, 3)
+    path = write_media(tmp_path / f"grey{len(list(tmp_path.iterdir()))}.mp4", frames=frames,
+                       frame_times=np.asarray(times, dtype=np.float64), audio=None, fps=fps)
+    return [int(round(f.mean() / 16)) for _, f in iter_video(path, cfg.data, crop=False)]  # x264 keeps greys +-2
 
 
-def test_align_audio_pads_or_drops_by_delay():
-    x = np.ones(10, np.float32)
-    assert align_audio(x, 0.25, 8).tolist() == [0, 0] + [1] * 10
-    assert len(align_audio(x, -0.25, 8)) == 8 and len(align_audio(x, 0.0, 8)) == 10
+def test_frames_are_picked_by_time(tmp_path, cfg):
+    assert shown_frames(tmp_path, cfg, [i / 50 for i in range(10)], 50) == [0, 2, 4, 6, 8]  # 50 fps: on-tick ones
+    assert shown_frames(tmp_path, cfg, [i / 12.5 for i in range(3)], Fraction(25, 2)) == [0, 0, 1, 1, 2, 2]  # twice
+    variable = shown_frames(tmp_path, cfg, [0.0, 0.09, 0.13, 0.49], 25)  # the last frame lasts as the file says
+    assert variable[:13] == [0, 0, 1] + [2] * 9 + [3]
+    assert shown_frames(tmp_path, cfg, [10.0, 10.04, 10.08], 25) == [0, 1, 2]  # times count from the first frame
 
 
-def test_clean_normalised_file_is_decoded_as_is_damaged_one_re_encoded(corpus, cfg):
+def test_audio_is_placed_by_timestamps(tmp_path):
+    """The copy's sound starts at the first video frame: a later start is preceded by exactly that much silence,
+    an earlier one loses what came before (PCM, so no codec blurs the edge)."""
+    path = write_av(tmp_path / "late.mov", container="mov", acodec="pcm_s16le", audio_start_sec=0.25, fps=30)
+    whole = np.concatenate(list(_audio_chunks(path, 16000, StreamStats())))  # from its own first sample
+    late = np.concatenate(list(_audio_chunks(path, 16000, StreamStats(), start_sec=0.0)))
+    early = np.concatenate(list(_audio_chunks(path, 16000, StreamStats(), start_sec=0.5)))
+    assert len(late) == len(whole) + 4000 and not late[:4000].any() and np.array_equal(late[4000:], whole)
+    assert len(early) == len(whole) - 4000 and np.array_equal(early, whole[4000:])
+
+
+def test_normalised_files_are_read_as_they_are_damaged_or_not(corpus, cfg):
+    """A damaged file in the model's format is read as it is too (frames held, sound silent where packets were
+    lost), with notes, and keeps the clean file's lengths."""
     clean = read_video(corpus.get("mp4_12s"), cfg)
     assert clean.meta["normalised"] is False and clean.meta["notes"] == [] and clean.decoded_path == corpus.get("mp4_12s")
     damaged = read_video(corpus.get("mp4_corrupt_middle"), cfg)
-    assert damaged.meta["normalised"] is True and any("could not be decoded" in n for n in damaged.meta["notes"])
+    assert damaged.meta["normalised"] is False and any("could not be decoded" in n for n in damaged.meta["notes"])
     assert abs(len(damaged.frames) - len(clean.frames)) <= 1 and abs(len(damaged.audio) - len(clean.audio)) <= 1024
 
 

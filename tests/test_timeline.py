@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import synchlib
 from synchlib import plot
 from synchlib.config import load_config
 from synchlib.errors import ClipTooShortError
-from synchlib.io import decode, iter_audio, iter_video, read_video
+from synchlib.io import decode, is_normalised, iter_audio, iter_video, prepare, probe, read_video
 from synchlib.preprocess import center_crop_box
 from synchlib.synthetic import make_clip, render, write_looped_mp4, write_mp4
 from synchlib.timeline import (
@@ -28,7 +29,7 @@ from synchlib.timeline import (
     summarize_timeline, window_starts,
 )  # fmt: skip
 
-from .helpers import write_av
+from .helpers import TINY, write_av
 from .onset_oracle import OnsetOracle
 
 RELEASED = "24-01-04T16-39-21"
@@ -55,7 +56,7 @@ def clip_path(tmp_path_factory):
 def test_streams_of_a_normalised_file_equal_decode():
     data = load_config(RELEASED).data
     path = synchlib.sample_path("vggsound-3qesirWAGt4")
-    dec = decode(path)
+    dec = decode(path, data)
     top, left = center_crop_box(*dec.frames.shape[1:3], data.input_size)
     notes: list[str] = []
     frames = np.stack([f for _, f in iter_video(path, data, notes=notes)])
@@ -68,21 +69,46 @@ def test_streams_of_a_normalised_file_equal_decode():
     dict(fps=30, size=(128, 96), sample_rate=44100, channels=2, audio_start_sec=0.2),
     dict(fps=30, size=(128, 96), sample_rate=44100, channels=2, video_start_sec=0.3, rotation=90),
 ], ids=["30fps-late-audio", "rotated-late-video"])  # fmt: skip
-def test_streams_follow_normalisation(cfg, tmp_path, kw, monkeypatch):
-    """Other files: the frames and samples read_video gives after re-encoding, up to that re-encoding's loss."""
+def test_streams_of_the_prepared_file_equal_read_video(cfg, tmp_path, kw, monkeypatch):
+    """Other files: streaming the file prepare() names (the normalised copy) gives exactly read_video's frames and
+    samples."""
     monkeypatch.setenv("SYNCHLIB_CACHE", str(tmp_path / "cache"))
     data = cfg.data
     path = write_av(tmp_path / "odd.mp4", seconds=3.0, **kw)
     ref = read_video(path, data)
+    target, _ = prepare(path, data)
+    assert target != path and ref.decoded_path == target
     top, left = center_crop_box(*ref.frames.shape[1:3], data.input_size)
-    ref_frames = ref.frames[:, top : top + data.input_size, left : left + data.input_size].astype(np.int16)
-    frames = np.stack([f for _, f in iter_video(path, data)]).astype(np.int16)
-    assert frames.shape == ref_frames.shape
-    assert np.abs(frames - ref_frames).mean() < 16  # x264 loss on scrolling noise; a wrong turn or frame is ~70
-    wave = np.concatenate(list(iter_audio(path, data)))
-    assert abs(len(wave) - len(ref.audio)) <= 1024  # AAC pads to whole frames
-    n = min(len(wave), len(ref.audio)) - 1024
-    assert np.corrcoef(wave[:n], ref.audio[:n])[0, 1] > 0.99  # same placement (a 0.1 s shift would decorrelate)
+    frames = np.stack([f for _, f in iter_video(target, data)])
+    assert np.array_equal(frames, ref.frames[:, top : top + data.input_size, left : left + data.input_size])
+    assert np.array_equal(np.concatenate(list(iter_audio(target, data))), ref.audio)
+
+
+# Non-normalised files of several kinds (7 s, so that the tiny model's 5 s windows start at 0 and 1.28 s)
+ODD_FILES = {
+    "29.97fps-44.1kHz-stereo": dict(fps=Fraction(30000, 1001), size=(112, 64), sample_rate=44100, channels=2),
+    "portrait-rotated-48kHz": dict(fps=30, size=(112, 64), rotation=-90, sample_rate=48000, channels=2),
+    "variable-frame-rate": dict(
+        frame_times=np.cumsum(np.r_[0.0, np.random.default_rng(2).choice([0.016, 0.033, 0.05, 0.1], 160)]),
+        size=(96, 64), sample_rate=44100),
+    "15fps-8kHz": dict(fps=15, size=(96, 64), sample_rate=8000),
+}
+PREDICT_TOL = 1e-4  # relative: same frames and samples, only the batching of the extractors' float sums differs
+
+
+@pytest.mark.parametrize("name", list(ODD_FILES))
+def test_window_logits_equal_predict_on_files_that_need_normalising(name, tmp_path, monkeypatch):
+    """predict re-encodes these files (cached copy); the timeline reads that same copy, so each window's logits are
+    predict's at its start (the trained tiny model)."""
+    monkeypatch.setenv("SYNCHLIB_CACHE", str(tmp_path / "cache"))
+    model = synchlib.load_model(TINY, device="cpu")
+    path = write_av(tmp_path / "odd.mp4", seconds=7.0, **ODD_FILES[name])
+    assert not is_normalised(probe(path), model.cfg.data)
+    got = list(iter_window_logits(model, path, progress=False))
+    assert [t for t, _ in got] == pytest.approx([0.0, 1.28])
+    for t, logits in got:
+        ref = synchlib.predict(model, path, offset_sec=0.0, start_sec=t).logits
+        assert np.abs(logits.numpy() - ref).max() <= PREDICT_TOL * np.abs(ref).max(), t
 
 
 def test_unwanted_frames_are_not_converted(cfg, clip_path):
