@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch, Rectangle
 
-from . import sweep
 from .attention import Explanation
 from .errors import InvalidArgumentError
 from .predict import Prediction, offset_words
 from .preprocess import Clip
 from .rounding import grid_decimals
+from .sweep import per_offset_accuracy as accuracy_by_offset  # this module draws its own per_offset_accuracy
 from .timeline import summarize_timeline
 
 TARGET_COLOUR = "tab:green"
@@ -214,7 +214,7 @@ def frequency_attention(ex: Explanation, ax=None):
 def per_offset_accuracy(table: pd.DataFrame, ax=None):
     """acc@1 and acc@1 within one class per injected offset; legend below the axes."""
     fig, ax = _fig_ax(ax, (8, 3.2))
-    a = sweep.per_offset_accuracy(table)
+    a = accuracy_by_offset(table)
     ax.plot(a.index, a["acc1"], "o-", label="acc@1 (the right offset class)")
     ax.plot(a.index, a["acc1_within_one"], "s--", label="acc@1 ±1 class (right or a neighbour)")
     ax.set_ylim(-0.02, 1.02)

@@ -110,3 +110,17 @@ def test_the_contract_sees_function_level_and_relative_imports(tmp_path: Path) -
         assert unit(probe) == "model"
     finally:
         probe.unlink()
+
+
+def test_no_module_imports_a_shadowed_submodule_by_package_attribute() -> None:
+    """``synchlib.predict`` and ``synchlib.sweep`` are the functions (the package keeps them over the submodules),
+    so ``from . import sweep`` inside synchlib gets the function; import names from the submodule instead."""
+    import synchlib
+
+    shadowed = synchlib._SHADOWED
+    bad = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None and path.parent == PACKAGE:
+                bad += [f"{path.name}:{node.lineno} from . import {a.name}" for a in node.names if a.name in shadowed]
+    assert shadowed and not bad, "\n".join(bad)
