@@ -62,7 +62,7 @@ if args["variant"] == "timeline":
     starts, logits = [t for t, _ in pairs], [lg.tolist() for _, lg in pairs]
     decode_s = None
 else:
-    from synchlib.io import read_video
+    from synchlib.normalised import read_video
     from synchlib.preprocess import clip_from_decoded
     from synchlib.timeline import window_starts
     cfg = model.cfg.replace(data=dataclasses.replace(model.cfg.data, clip_max_len_sec=math.inf))

@@ -44,8 +44,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from
     from .checkpoints import RELEASED, fetch, read_checkpoint, save_checkpoint  # noqa: F401
     from .config import Config, load_config  # noqa: F401
     from .errors import (  # noqa: F401
-        CheckpointError, ClipTooShortError, ConfigError, InvalidArgumentError, MissingStreamError,
-        OffsetOutsideGridWarning, SynchlibError, SynchlibWarning, UnreliableInputWarning, VideoDecodeError,
+        CheckpointError,
+        ClipTooShortError,
+        ConfigError,
+        InvalidArgumentError,
+        MissingStreamError,
+        OffsetOutsideGridWarning,
+        SynchlibError,
+        SynchlibWarning,
+        UnreliableInputWarning,
+        VideoDecodeError,
         VideoNotFoundError,
     )  # fmt: skip
     from .manifests import resolve_video, sample_path  # noqa: F401

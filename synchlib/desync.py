@@ -48,13 +48,18 @@ from tqdm.auto import tqdm
 from . import avbench, checks
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
-from .io import _check_readable, iter_audio, iter_video, prepare, read_audio
+from .io import _check_readable, iter_audio, iter_video, read_audio
 from .manifests import read_manifest
 from .model import Synchformer, check_precision, load_model, resolve_device
+from .normalised import prepare
 from .predict import check_batch_size, logits_to_prediction
 from .rounding import round_desync, round_summary
 from .timeline import (
-    DEFAULT_BATCH_SIZE, WindowPlan, audio_segment_features, check_offset_model, video_segment_features,
+    DEFAULT_BATCH_SIZE,
+    WindowPlan,
+    audio_segment_features,
+    check_offset_model,
+    video_segment_features,
     windows_logits,
 )  # fmt: skip
 

@@ -25,7 +25,8 @@ from torch import Tensor
 from .checks import flag, one_of, real
 from .config import Config, DataConfig, load_config
 from .errors import ClipTooShortError, InvalidArgumentError, OffsetOutsideGridWarning, UnreliableInputWarning
-from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, center_crop_box, read_video
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, center_crop_box
+from .normalised import read_video
 
 MEL_EPS = 1e-6  # added before the log
 SPEC_PAD_VALUE = 0.0  # PadOrTruncate pads the log-mel with this (before the AST normalisation)

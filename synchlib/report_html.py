@@ -101,7 +101,6 @@ def notebook_html(nb) -> str:
     import copy
 
     from nbconvert import HTMLExporter
-
     from traitlets.config import Config
 
     config = Config()

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 from .checks import one_of, real
 from .config import DataConfig
 from .errors import ClipTooShortError, InvalidArgumentError, SynchlibError
-from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded, read_video
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, Decoded
 from .manifests import read_manifest
 from .model import Synchformer, autocast, check_precision
+from .normalised import read_video
 from .predict import check_batch_size, logits_to_prediction
 from .preprocess import (
     Clip,

@@ -39,9 +39,10 @@ from tqdm.auto import tqdm
 from .checks import one_of, real
 from .config import DataConfig
 from .errors import ClipTooShortError, ConfigError, InvalidArgumentError
-from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, prepare, probe
+from .io import AUDIO_PRIMING_OPTIONS, AudioPriming, ending_notes, iter_audio, iter_video, probe
 from .manifests import resolve_video
 from .model import Synchformer, autocast, check_precision
+from .normalised import prepare
 from .predict import check_batch_size, logits_to_prediction
 from .preprocess import equalify, frames_to_input, log_mel, segment_layout, temporal_crop
 

@@ -49,8 +49,9 @@ from . import synthetic
 from .checkpoints import save_checkpoint
 from .config import Config, load_config
 from .errors import SynchlibError
-from .io import Decoded, read_video
+from .io import Decoded
 from .model import Synchformer, build_model
+from .normalised import read_video
 from .preprocess import Clip, clip_from_decoded, equalify, token_first_frames, token_times, window_token_times
 
 CONFIG_NAME = "tiny-synthetic"

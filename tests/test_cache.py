@@ -4,6 +4,7 @@ report is missing or broken, is rebuilt; an edit of the source in place gets a n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synchlib import io as sio
+from synchlib import normalised as nsd
 from synchlib import paths
 from synchlib.errors import SynchlibError, VideoDecodeError
-from synchlib.io import normalise, read_video, report_path
+from synchlib.normalised import normalise, read_video, report_path
 from synchlib.paths import source_digest
 
 from .helpers import scribble_on_the_heap, write_av
@@ -89,7 +90,7 @@ def test_a_copy_that_matches_its_report_but_does_not_decode_is_rebuilt_once(cach
     junk = b"not a video" * 100
     copy.write_bytes(junk)
     report = json.loads(report_path(copy).read_text())
-    report.update(copy_bytes=len(junk), copy_sha256=sio.hashlib.sha256(junk).hexdigest())
+    report.update(copy_bytes=len(junk), copy_sha256=hashlib.sha256(junk).hexdigest())
     report_path(copy).write_text(json.dumps(report))
     assert same_clip(read_video(a, cfg).frames, want)
     assert copy.read_bytes() != junk and vouched(copy)
@@ -102,9 +103,9 @@ def test_a_rebuilt_copy_that_still_fails_is_an_error_not_a_loop(cache, clips, cf
     def broken_reencode(src, dst, info, data):
         builds.append(src)
         Path(dst).write_bytes(b"\0" * 4096)
-        return {"version": sio.REENCODE_VERSION, "notes": [], "audio_delay_sec": 0.0}
+        return {"version": nsd.REENCODE_VERSION, "notes": [], "audio_delay_sec": 0.0}
 
-    monkeypatch.setattr(sio, "_reencode", broken_reencode)
+    monkeypatch.setattr(nsd, "_reencode", broken_reencode)
     with pytest.raises(SynchlibError, match="re-encoded to the model's format does not decode"):
         read_video(a, cfg)
     assert len(builds) == 1 and entries(cache) == []  # built once, and nothing broken left behind

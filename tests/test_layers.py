@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"checks", "config", "paths", "nbparams", "report_html"},
     {"download"},
     {"io", "checkpoints", "manifests"},
+    {"normalised"},
     {"model"},
     {"preprocess"},
     {"predict", "avbench"},

@@ -27,7 +27,8 @@ from synchlib import cli
 from synchlib import io as sio
 from synchlib.checkpoints import ASSETS_DIR, save_checkpoint
 from synchlib.errors import ClipTooShortError, UnreliableInputWarning, VideoDecodeError
-from synchlib.io import StreamStats, _audio_chunks, clockwise_rotation, iter_video, probe, read_video
+from synchlib.io import StreamStats, _audio_chunks, clockwise_rotation, iter_video, probe
+from synchlib.normalised import read_video
 from synchlib.preprocess import load_clip
 
 from .helpers import TINY, event_times, video_frame_times, write_av, write_media

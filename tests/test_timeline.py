@@ -21,7 +21,8 @@ import synchlib
 from synchlib import plot
 from synchlib.config import load_config
 from synchlib.errors import ClipTooShortError
-from synchlib.io import decode, is_normalised, iter_audio, iter_video, prepare, probe, read_video
+from synchlib.io import decode, is_normalised, iter_audio, iter_video, probe
+from synchlib.normalised import prepare, read_video
 from synchlib.preprocess import center_crop_box
 from synchlib.synthetic import make_clip, render, write_looped_mp4, write_mp4
 from synchlib.timeline import (
