@@ -37,7 +37,8 @@ NAMES = [n for n in regen.GOLDEN_PARAMETERS if (GOLDENS / f"{n}.ipynb").is_file(
 def checked_text(name: str) -> str:
     """The stored outputs of the cells nbval compares in golden ``name``."""
     nb = json.loads((GOLDENS / f"{name}.ipynb").read_text())
-    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and ("NBVAL_CHECK_OUTPUT" in "".join(c["source"])
+                                                                    or "nbval-check-output" in c["metadata"].get("tags", []))]
     return "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
 
 
