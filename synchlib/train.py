@@ -1,21 +1,18 @@
 """Train the tiny Synchformer on synthetic clips, on the CPU.
 
-The data are real files: :mod:`synchlib.synthetic` writes H.264 + AAC ``.mp4`` clips, :func:`synchlib.io.read_video`
-decodes them and every training and evaluation window goes through the inference pipeline
-(:func:`synchlib.preprocess.clip_from_decoded`), so the model learns exactly what ``predict`` later feeds it.
-Decoded clips are kept in memory; windows are drawn at random (clip, start time, offset from the grid).
+The data are real files (:mod:`synchlib.synthetic`: H.264 + AAC ``.mp4``), decoded once and kept in memory; every
+window goes through the inference pipeline (:func:`synchlib.preprocess.clip_from_decoded`), so the model learns
+what ``predict`` later feeds it. Windows are drawn at random (clip, start time, offset from the grid).
 
-The recipe. The synchronisation transformer starts as a lag bank (:mod:`synchlib.lagbank`: from random weights it
-sits at chance far longer than a CPU budget allows); ``init="random"`` trains the plain architecture instead and
-shows that plateau. The feature extractors start random and learn what an event looks and sounds like from an
-auxiliary event-detection loss on the generator's ground truth (the event scores start as linear probes fitted on
-:data:`PROBE_WINDOWS` windows): alone for the first ``detect_steps`` steps, then beside the offset cross-entropy,
-which trains everything (the synchronisation module at :data:`SYNC_LR_SCALE` of the learning rate). Training
-windows are augmented (``augment``: mirrored, colour channels permuted, re-timed). AdamW, linear warm-up then
-cosine decay (:class:`torch.optim.lr_scheduler.LambdaLR`), gradient clipping, seeded and deterministic data order.
+The recipe: the synchronisation transformer starts as a lag bank (:mod:`synchlib.lagbank`; ``init="random"`` trains
+the plain architecture instead and shows the plateau that the lag bank avoids). The feature extractors start random
+and learn what an event looks and sounds like from an event-detection loss on the generator's ground truth, alone
+for the first ``detect_steps`` steps, then beside the offset cross-entropy, which trains everything (the lag bank at
+:data:`SYNC_LR_SCALE` of the learning rate). Optional augmentation; AdamW, linear warm-up then cosine decay
+(:class:`~torch.optim.lr_scheduler.LambdaLR`), gradient clipping; seeded and deterministic.
 
 >>> record = train_tiny("tiny.pt")                          # doctest: +SKIP  (the shipped recipe, ~10 min on 2 cores)
->>> record = train_tiny(None, SHORT)                       # doctest: +SKIP  (the notebook's run, ~2 min)
+>>> record = train_tiny(None, SHORT)                       # doctest: +SKIP  (the notebook's run, ~1.5 min)
 >>> [(p["step"], p.get("acc1")) for p in record["curve"]]  # doctest: +SKIP
 
 Seeds: training clip ``i`` uses ``synthetic.dataset_seed(seed, i)``; held-out clips use indices from
@@ -344,31 +341,25 @@ def augment_clips(clips: Sequence[Decoded], specs: Sequence[WindowSpec],
 
 
 @torch.no_grad()
-def window_logits(model: Synchformer, clips: Sequence[Decoded], specs: Sequence[WindowSpec], cfg: Config,
-                  batch_size: int = EVAL_BATCH) -> np.ndarray:
-    """Logits of each window, float32 (n, classes), computed on the model's device; the model is put in eval mode
-    for the call."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    try:
-        out = []
-        for i in range(0, len(specs), batch_size):
-            b = make_batch(clips, specs[i : i + batch_size], cfg)
-            out.append(model(b.vid.to(device), b.aud.to(device)).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, cfg.sync.num_classes), dtype=np.float32)
-    finally:
-        model.train(was_training)
-
-
 def evaluate(model: Synchformer, decoded_clips: Sequence[Decoded], cfg: Config | str, n_windows: int, seed: int,
              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
     """Accuracy on ``n_windows`` random windows of ``decoded_clips`` (clips taken in turn, random grid offsets
-    and start times from ``seed``). Returns ``{"acc1", "acc1_pm1", "n_windows", "n_clips", "seed"}`` (acc@1, and
-    within one grid class, in [0, 1]) and the per-window results of :func:`window_record`."""
+    and start times from ``seed``), run on the model's device in eval mode. Returns ``{"acc1", "acc1_pm1",
+    "n_windows", "n_clips", "seed"}`` (acc@1, and within one grid class, in [0, 1]) and the per-window results of
+    :func:`synchlib.margins.window_record`."""
     cfg = load_config(cfg)
     order = np.arange(n_windows) % len(decoded_clips)
     specs = sample_windows(np.random.default_rng(seed), decoded_clips, n_windows, cfg, clip_order=order)
-    logits = window_logits(model, decoded_clips, specs, cfg, batch_size)
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        logits = []
+        for i in range(0, len(specs), batch_size):
+            b = make_batch(decoded_clips, specs[i : i + batch_size], cfg)
+            logits.append(model(b.vid.to(device), b.aud.to(device)).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    logits = np.concatenate(logits)
     target, pred = np.array([s.target for s in specs], dtype=np.int64), logits.argmax(-1)
     return {"acc1": float(np.mean(pred == target)), "acc1_pm1": float(np.mean(np.abs(pred - target) <= 1)),
             "n_windows": int(n_windows), "n_clips": len(decoded_clips), "seed": int(seed),
@@ -476,20 +467,17 @@ def train_only_row(linear: nn.Linear, row: int) -> list:
 # Training
 
 
-def _load() -> tuple[float, float, float] | None:
-    return os.getloadavg() if hasattr(os, "getloadavg") else None
-
-
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, Python and torch versions, load average."""
-    cpu = platform.processor() or ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "load_avg_at_start": _load()}
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if ln.startswith("model name")]
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "load_avg_at_start": _load()}
+
+
+def _load() -> tuple[float, float, float] | None:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
 def reproduce_command(out_path: str | Path, s: TrainSettings) -> str:
