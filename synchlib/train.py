@@ -137,7 +137,7 @@ class TrainSettings:
 SHORT = TrainSettings(steps=280, detect_steps=240, batch_size=6, augment=False, n_train_clips=24, n_eval_clips=6,
                       n_eval_windows=60, eval_every=20, n_curve_windows=24)
 """The short run of the teaching notebook and of ``synchlib train-tiny --short``: about 1.5 minutes on 2 idle CPU
-cores, held-out acc@1 about 0.85 (docs/tiny-model.md). Smaller batches and more steps than the full recipe (the
+cores, held-out acc@1 0.6-0.9 (docs/tiny-model.md). Smaller batches and more steps than the full recipe (the
 event detectors learn faster per window seen) and no augmentation."""
 
 
@@ -623,7 +623,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--short", action="store_true",
                         help=f"the teaching notebook's short run ({SHORT.steps} steps of {SHORT.batch_size} windows "
                              f"on {SHORT.n_train_clips} clips, about 1.5 minutes on 2 idle CPU cores, held-out acc@1 "
-                             "about 0.85) instead of the full recipe (about 10 minutes, 0.95); options given as well "
+                             "0.6-0.9) instead of the full recipe (about 10 minutes, 0.95); options given as well "
                              "change it")
     for f in fields(TrainSettings):
         flag = "--" + f.name.replace("_", "-")
