@@ -313,3 +313,53 @@ def _mark_events(ax, events: dict[str, Sequence[float]] | None) -> None:
         for i, t in enumerate(shown):
             ax.axvline(t, color=EVENT_COLOURS.get(kind, "0.5"), ls="--", lw=0.8,
                        label=EVENT_LABELS.get(kind, kind.replace("_", " ")) if i == 0 else None)
+
+
+def lag_bank(looks, head_offset_sec: float = 1.0):
+    """Where the heads of a fresh lag bank look (``looks``: :class:`synchlib.lagbank.HeadLooks`). Left: the head
+    of offset ``head_offset_sec``, attention of each audio token (row) on the video tokens (columns); the dashed
+    line is video time = audio time + that offset. Right: every head's attention by time difference (video time
+    minus audio time), one row per head: each looks one grid offset away."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    c = int(np.argmin(np.abs(looks.grid - head_offset_sec)))
+    ta, tv = looks.audio_times, looks.video_times
+    left.pcolormesh(tv, ta, looks.attention[c], cmap="magma", shading="nearest")
+    left.plot(ta + looks.grid[c], ta, "--", color="w", lw=0.8)
+    left.set_xlim(tv.min(), tv.max())
+    left.set_xlabel("video token time (s)")
+    left.set_ylabel("audio token time (s)")
+    left.set_title(f"head for offset {looks.grid[c]:+.1f} s")
+    centres, profile = looks.lag_profile()
+    step = centres[1] - centres[0]
+    right.imshow(profile, aspect="auto", cmap="magma", origin="lower",
+                 extent=(centres[0] - step / 2, centres[-1] + step / 2, -0.5, len(looks.grid) - 0.5))
+    right.set_yticks(range(len(looks.grid))[::4], [f"{g:+.1f}" for g in looks.grid[::4]])
+    right.set_xlabel("video time - audio time (s)")
+    right.set_ylabel("head (its offset, s)")
+    right.set_title("all 21 heads")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(runs: dict[str, Sequence[dict]], n_classes: int):
+    """Held-out acc@1 (left) and offset loss on the training batches (right) against step, one line per run
+    (``runs``: label -> learning curve as :func:`synchlib.train.train_tiny` records it), with chance marked
+    (acc@1 1 / ``n_classes``, loss ln ``n_classes``)."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 3))
+    for label, curve in runs.items():
+        points = [(p["step"], p["acc1"]) for p in curve if p.get("acc1") is not None]
+        line, = acc.plot(*zip(*points), "o-", ms=3, label=label)
+        losses = [(p["step"], p["loss"]) for p in curve if p.get("loss") is not None]
+        if losses:
+            loss.plot(*zip(*losses), color=line.get_color(), lw=0.8, label=label)
+    acc.axhline(1 / n_classes, color="0.5", ls=":", label="chance")
+    acc.set_ylim(0, 1)
+    acc.set_xlabel("step")
+    acc.set_ylabel("held-out acc@1")
+    acc.legend(fontsize="small")
+    loss.axhline(np.log(n_classes), color="0.5", ls=":", label=f"chance (ln {n_classes})")
+    loss.set_xlabel("step")
+    loss.set_ylabel("offset loss (train)")
+    loss.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "synchlib"
 # bottom to top; a module may import modules of lower layers only
 LAYERS: list[set[str]] = [
     {"errors", "rounding", "quiet"},
-    {"checks", "config", "paths", "nbparams", "report_html"},
+    {"checks", "config", "paths", "nbparams", "report_html", "margins"},
     {"download"},
     {"io", "checkpoints", "manifests"},
     {"normalised"},
@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"preprocess"},
     {"predict", "avbench"},
     {"sweep", "timeline", "attention"},
-    {"desync", "synthetic"},
+    {"desync", "synthetic", "lagbank"},
     {"train", "plot"},
     {"media"},
     {"reports"},

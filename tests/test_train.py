@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from synchlib import lagbank
+from synchlib import margins as M
 from synchlib import train as T
 from synchlib.model import build_model
-from synchlib.preprocess import load_clip, window_token_times
+from synchlib.preprocess import load_clip
 
 ASSETS = Path(T.__file__).parent / "assets"
 CKPT = ASSETS / "tiny-synthetic.pt"
@@ -23,10 +25,11 @@ MIN_ACC1 = 0.95  # the teaching issue's target; measured 0.983 here (chance 0.04
 EVENT_RADIUS_SEC = 0.1  # a token "holds" an event when its centre is this close to the event
 MIN_EVENT_ATTENTION = 0.5  # share of the OFF token's attention that must land on event tokens ...
 MIN_EVENT_LIFT = 2.0  # ... and at least this many times their share of the tokens (uniform attention: 1)
+ENDS = [0, 1, -2, -1]  # the two offset classes at each end of the grid
 RECORD_FIELDS = ("seed", "steps", "n_train_clips", "wall_time_sec", "machine", "metrics", "heldout_eval", "curve",
                  "command")
-SMOKE = dict(steps=3, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
-             eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0, detect_steps=1)
+SMOKE = T.TrainSettings(steps=3, batch_size=2, n_train_clips=2, n_eval_clips=1, n_eval_windows=2, n_curve_windows=2,
+                        eval_every=100, warmup_steps=1, workers=1, clip_duration_sec=9.0, detect_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,7 @@ def test_record_has_required_fields(record):
 
 def test_record_accuracy_is_reproduced(shipped_model, record, cfg):
     """Re-evaluating the shipped model on the record's held-out clips and windows gives the recorded results,
-    window by window, up to what another machine's rounding can change (T.compare_windows): the windows whose
+    window by window, up to what another machine's rounding can change (M.compare_windows): the windows whose
     recorded top-1 margin is above the record's tolerance predict the recorded class, every margin is within
     the tolerance, and the accuracy counts differ at most by the number of windows below it."""
     model, _ = shipped_model
@@ -90,8 +93,8 @@ def test_record_accuracy_is_reproduced(shipped_model, record, cfg):
     seeds = T.clip_seeds(record["seed"], ev["n_clips"], T.EVAL_INDEX0)
     clips = T.synth_clips(seeds, cfg, progress=False)
     res = T.evaluate(model, clips, cfg, ev["n_windows"], ev["seed"])
-    assert T.compare_windows(ev, res) == []
-    recorded, fresh = T.parse_window_record(ev), T.parse_window_record(res)
+    assert M.compare_windows(ev, res) == []
+    recorded, fresh = M.parse_window_record(ev), M.parse_window_record(res)
     n_loose = int((recorded["margin"] <= ev["margin_tol"]).sum())
     right = [int((w["pred"] == w["target"]).sum()) for w in (recorded, fresh)]
     assert right[0] == round(ev["acc1"] * ev["n_windows"]) and abs(right[1] - right[0]) <= n_loose
@@ -108,14 +111,14 @@ def test_compare_windows_allows_rounding_and_catches_real_changes():
     windows fail."""
     target = [3, 4, 5, 6]
     recorded = _fake_windows([0.5, 0.005, 0.3, 1.0], [3, 4, 9, 6], target)  # window 1 near a tie, window 2 wrong
-    assert T.compare_windows(recorded, _fake_windows([0.505, 0.002, 0.295, 1.0], [3, 7, 9, 6], target)) == []
-    confident_flip = T.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.3, 1.0], [8, 4, 9, 6], target))
+    assert M.compare_windows(recorded, _fake_windows([0.505, 0.002, 0.295, 1.0], [3, 7, 9, 6], target)) == []
+    confident_flip = M.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.3, 1.0], [8, 4, 9, 6], target))
     assert any("window 0: class 8" in p for p in confident_flip)
-    moved = T.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.32, 1.0], [3, 4, 9, 6], target))
+    moved = M.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.32, 1.0], [3, 4, 9, 6], target))
     assert moved == ["window 2: margin 0.3200 instead of 0.3000 (tolerance 0.0100)"]
-    one_more_right = T.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.3, 1.0], [3, 4, 5, 6], target))
+    one_more_right = M.compare_windows(recorded, _fake_windows([0.5, 0.005, 0.3, 1.0], [3, 4, 5, 6], target))
     assert one_more_right == ["window 2: class 5 instead of 9 (recorded margin 0.3000 > tolerance 0.0100)"]
-    assert T.compare_windows(recorded, _fake_windows([0.5] * 4, [3, 4, 9, 6], [3, 4, 5, 7]))[0].startswith(
+    assert M.compare_windows(recorded, _fake_windows([0.5] * 4, [3, 4, 9, 6], [3, 4, 5, 7]))[0].startswith(
         "the windows differ")
 
 
@@ -178,12 +181,12 @@ def test_inference_on_file_matches_training_batch(shipped_model, test_clips, cfg
 def test_training_smoke_is_deterministic(tmp_path):
     """Two runs in one process give the same weights, bit for bit (each encodes and decodes its clips afresh)."""
     out = tmp_path / "smoke.pt"
-    a = T.train_tiny(out, seed=5, progress=False, **SMOKE)
-    b = T.train_tiny(None, seed=5, progress=False, **SMOKE)
+    a = T.train_tiny(out, SMOKE.updated(seed=5), progress=False)
+    b = T.train_tiny(None, SMOKE.updated(seed=5), progress=False)
     wa, wb = a["model"].state_dict(), b["model"].state_dict()
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
     curve = a["curve"]
-    assert len(curve) == SMOKE["steps"] and all(np.isfinite(p["event_loss"]) for p in curve)
+    assert len(curve) == SMOKE.steps and all(np.isfinite(p["event_loss"]) for p in curve)
     assert ["loss" in p for p in curve] == [False, True, True]  # the first step trains the event scores only
     assert all(np.isfinite(p["loss"]) for p in curve[1:])
     assert [{k: v for k, v in p.items() if k != "time_sec"} for p in curve] == \
@@ -192,117 +195,148 @@ def test_training_smoke_is_deterministic(tmp_path):
     rec = json.loads(out.with_suffix(".json").read_text())
     for key in RECORD_FIELDS:
         assert key in rec
-    windows = T.parse_window_record(rec["heldout_eval"])
-    assert len(windows["pred"]) == SMOKE["n_eval_windows"] and rec["heldout_eval"]["margin_tol"] > 0
+    windows = M.parse_window_record(rec["heldout_eval"])
+    assert len(windows["pred"]) == SMOKE.n_eval_windows and rec["heldout_eval"]["margin_tol"] > 0
     assert rec["metrics"]["heldout_acc1"] == np.mean(windows["pred"] == windows["target"])
     model = build_model(T.CONFIG_NAME)
     from synchlib.checkpoints import read_checkpoint
 
     sd, meta = read_checkpoint(out)
     model.load_state_dict(sd, strict=True)
-    assert meta["epoch"] == SMOKE["steps"] and meta["args"]["data"]["size_before_crop"] == 64
+    assert meta["epoch"] == SMOKE.steps and meta["args"]["data"]["size_before_crop"] == 64
 
 
-IDEAL_SCORE = 4.0  # event score of a perfect detector (a confident logit)
+def test_random_init_trains_the_offset_loss_from_the_first_step_on_given_clips():
+    """init="random": no lag bank, so no event loss and no detection-only steps; decoded clips passed in are used
+    as they are (the notebook decodes them once for both of its runs)."""
+    s = SMOKE.updated(init="random", detect_steps=0, seed=5)
+    clips = T.make_clips(s, progress=False)
+    rec = T.train_tiny(None, s, clips=clips, progress=False)
+    assert all("loss" in p and "event_loss" not in p for p in rec["curve"])
+    assert rec["settings"]["init"] == "random"
+    with pytest.raises(T.TrainError, match="detect_steps"):
+        SMOKE.updated(init="random")
 
 
-def _ideal_inputs(cfg, events_sec: np.ndarray, start_sec: float, offset_sec: float) -> tuple[torch.Tensor, ...]:
-    """Projected tokens as the lag bank's projections would give them for perfect event detectors: (v (1, Nv, D),
-    a (1, Na, D)), a score of +-IDEAL_SCORE in the event dims, the projections' constant in the spare dim."""
-    lay = T.lag_bank_layout(cfg)
-    tv, ta = (t.reshape(-1) for t in window_token_times(cfg))
-    e = events_sec - start_sec
-    hit_v = (np.abs(tv[:, None] - e[None]) <= 0.04).any(1)  # the video token showing the flash
-    hit_a = (np.abs(ta[:, None] - (e[None] - offset_sec)) <= 0.05).any(1)  # the audio token hearing the click
-    D = cfg.sync.dim
-    v, a = torch.zeros(1, len(tv), D), torch.zeros(1, len(ta), D)
-    for x, hit, dim in ((v, hit_v, lay.event_v), (a, hit_a, lay.event_a)):
-        x[0, :, D - 1] = 1.0
-        x[0, :, dim] = torch.from_numpy(np.where(hit, IDEAL_SCORE, -IDEAL_SCORE)).float()
-    return v, a
+def test_short_run_is_one_recipe_for_the_notebook_and_the_command_line():
+    """`synchlib train-tiny OUT --short` runs the notebook's settings (train.SHORT, the same data workers);
+    options given with it change it; the help says how long it takes."""
+    import argparse
+    from synchlib.cli import build_parser
+
+    args = build_parser(["train-tiny", "x.pt", "--short", "--seed", "3"]).parse_args(["train-tiny", "x.pt", "--short",
+                                                                                      "--seed", "3"])
+    assert T.settings_from_args(args) == T.SHORT.updated(seed=3)
+    args = build_parser(["train-tiny"]).parse_args(["train-tiny", "x.pt", "--no-augment", "--lr", "0.004"])
+    assert T.settings_from_args(args) == T.TrainSettings(augment=False, lr=0.004)
+    parser = T.add_train_arguments(argparse.ArgumentParser())
+    text = parser.format_help()
+    assert "about 1.5 minutes on 2 idle CPU cores" in " ".join(text.split())
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "train_tiny.ipynb").read_text())
+    assert "train.SHORT" in "".join("".join(c["source"]) for c in notebook["cells"])
 
 
-def _lag_bank_accuracy(cfg, n_windows: int = 126) -> tuple[float, float]:
-    """(acc@1 over all windows, acc@1 on the two offsets at each end of the grid) of a freshly initialised lag
-    bank on perfect event scores: random event timings (generator-like gaps), every grid offset in turn."""
-    model = build_model(cfg).eval()
-    T.init_lag_bank(model, cfg)
-    rng = np.random.default_rng(0)
-    grid, right, ends = cfg.data.grid, [], []
-    for i in range(n_windows):
-        events = np.round(np.cumsum(0.32 + rng.gamma(2.0, 0.25, 40)) * cfg.data.vfps) / cfg.data.vfps  # on frames
-        c = i % len(grid)
-        v, a = _ideal_inputs(cfg, events, round(float(rng.uniform(2.2, 4.0)), 2), float(grid[c]))
-        with torch.no_grad():
-            right.append(int(model.transformer(v, a).argmax()) == c)
-        ends.append(c in (0, 1, len(grid) - 2, len(grid) - 1))
-    right, ends = np.array(right), np.array(ends)
-    return float(right.mean()), float(right[ends].mean())
+def test_defaults_are_the_shipped_recipe(record):
+    """The shipped record's settings are the defaults; the options removed since were off in it or are now the
+    recipe's constants; its command line still parses to those settings."""
+    from synchlib.cli import build_parser
+
+    settings = dict(record["settings"])
+    removed = {"config": T.CONFIG_NAME, "min_lr_frac": T.MIN_LR_FRAC, "weight_decay": T.WEIGHT_DECAY,
+               "grad_clip": T.GRAD_CLIP, "pretrain_steps": 0, "pretrain_lr": settings.get("pretrain_lr"),
+               "temperature": settings.get("temperature"), "event_weight": T.EVENT_WEIGHT,
+               "probe_windows": T.PROBE_WINDOWS, "sync_lr_scale": T.SYNC_LR_SCALE, "jitter_sec": 0.0}
+    assert {k: settings.pop(k) for k in removed} == removed
+    assert settings.pop("augment") == "hflip,rgb,retime"
+    assert T.TrainSettings(**settings, augment=True) == T.TrainSettings()
+    argv = record["command"].split()[1:]
+    assert T.settings_from_args(build_parser(argv).parse_args(argv)) == T.TrainSettings(seed=record["seed"])
 
 
 def test_lag_bank_finds_the_offset_from_perfect_event_scores(cfg):
     """The hand-wired synchronisation module, before any training, on perfect event scores: right on >= 95 % of
     random windows, at the grid's ends too (measured: 0.98, ends 1.0)."""
-    acc, acc_ends = _lag_bank_accuracy(cfg)
-    assert acc >= 0.95 and acc_ends >= 0.95, (acc, acc_ends)
+    per_offset = lagbank.ideal_accuracy(cfg)
+    assert per_offset.mean() >= 0.95 and per_offset[ENDS].mean() >= 0.95, per_offset
 
 
-@pytest.mark.parametrize("constant, value, which", [("LAG_BANK_ELIGIBLE_PENALTY", 0.0, "ends"),
-                                                    ("LAG_BANK_EVENT_BONUS", 0.0, "all")])
+@pytest.mark.parametrize("constant, value, which", [("ELIGIBLE_PENALTY", 0.0, "ends"), ("EVENT_BONUS", 0.0, "all")])
 def test_lag_bank_needs_its_penalty_and_its_event_bonus(cfg, monkeypatch, constant, value, which):
     """Without the eligibility penalty (a plain count of coincidences) offsets at the grid's ends, where fewer
     sounds can be matched, lose to chance coincidences in the middle (measured 0.79 there); without the event bonus
     a look misses a flash one token away from the looked-at time (measured 0.64 overall)."""
-    monkeypatch.setattr(T, constant, value)
-    acc, acc_ends = _lag_bank_accuracy(cfg)
-    assert (acc_ends if which == "ends" else acc) < 0.9, (acc, acc_ends)
+    monkeypatch.setattr(lagbank, constant, value)
+    per_offset = lagbank.ideal_accuracy(cfg)
+    assert (per_offset[ENDS] if which == "ends" else per_offset).mean() < 0.9, per_offset
 
 
-def test_lr_schedule():
-    lrs = [T.lr_at(i, 100, 1e-3, 10, 0.0) for i in range(100)]
-    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert max(lrs) == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))
+def test_each_lag_bank_head_looks_one_grid_offset_ahead(cfg):
+    """Head c of a fresh lag bank puts most of its attention on the video tokens grid[c] away from each audio token
+    (the figure of the teaching notebook): its lag profile peaks at grid[c], and a look past the video's edge goes
+    to the OFF/MOD sink instead."""
+    looks = lagbank.head_looks(cfg)
+    assert looks.attention.shape == (len(cfg.grid), len(looks.audio_times), len(looks.video_times))
+    centres, profile = looks.lag_profile()
+    np.testing.assert_allclose(centres[profile.argmax(1)], cfg.grid, atol=1e-6)
+    c = int(np.argmax(cfg.grid))  # +2 s: the last audio tokens look past the end of the video
+    past_end = looks.audio_times + cfg.grid[c] - looks.video_times.max()  # s
+    on_video = looks.attention[c].sum(1)
+    # beyond the time kernel's width (0.1 s, lagbank.PERIODS) a look finds no video token (measured: 0.05 at most)
+    assert on_video[past_end <= 0].min() > 0.9 and on_video[past_end > 0.1].max() < 0.1
+
+
+def test_lr_schedule_warms_up_then_decays_to_its_floor():
+    """LambdaLR with warmup_cosine: linear warm-up over 10 steps to the peak, then monotone cosine decay to
+    MIN_LR_FRAC of it at the last step; every parameter group keeps its own scale."""
+    p, q = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "lr": 1e-3}, {"params": [q], "lr": 1e-4}], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.warmup_cosine(100, 10))
+    lrs = []
+    for _ in range(100):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    lrs = np.array(lrs)
+    np.testing.assert_allclose(lrs[:, 1], lrs[:, 0] / 10)
+    assert lrs[0, 0] == pytest.approx(1e-4) and lrs[9, 0] == pytest.approx(1e-3) and lrs.max() == pytest.approx(1e-3)
+    assert lrs[-1, 0] == pytest.approx(1e-3 * T.MIN_LR_FRAC) and np.all(np.diff(lrs[9:, 0]) <= 0)
 
 
 def test_bad_settings_raise():
-    with pytest.raises(T.TrainError):
-        T.train_tiny(None, steps=0, progress=False)
-    with pytest.raises(T.TrainError):
-        T.train_tiny(None, not_a_setting=1, progress=False)
-    with pytest.raises(T.TrainError, match="augmentation"):
-        T.train_tiny(None, augment="hflip,blur", progress=False)
-    with pytest.raises(T.TrainError, match="jitter_sec"):
-        T.train_tiny(None, jitter_sec=0.1, progress=False)
+    with pytest.raises(T.TrainError, match="steps"):
+        T.TrainSettings(steps=0)
+    with pytest.raises(T.TrainError, match="not_a_setting"):
+        T.TrainSettings().updated(not_a_setting=1)
+    with pytest.raises(T.TrainError, match="augment"):
+        T.TrainSettings(augment="hflip,blur")
+    with pytest.raises(T.TrainError, match="threads"):
+        T.TrainSettings(threads=True)
+    with pytest.raises(T.TrainError, match="init"):
+        T.TrainSettings(init="zeros")
+    with pytest.raises(T.TrainError, match="detect_steps"):
+        T.TrainSettings(steps=10, detect_steps=10)
 
 
-def test_augmented_windows_keep_sound_and_events_and_move_only_pixels(cfg, test_clips):
-    """Mirror, colour order and roll change where and in which colour things are seen, never when: the audio
-    input and the event targets of every window are unchanged, every frame keeps its multiset of pixel values (up
-    to channel order), and the mirror / roll / channel order differ between windows."""
+def test_augmented_windows_keep_sound_and_offsets_and_move_pixels(cfg, test_clips):
+    """Mirror, colour order and re-timing change where, in which colour and (by up to a frame) when things are seen:
+    the audio input and the offsets of every window are unchanged; a window that was not re-timed keeps its event
+    targets and every frame its multiset of pixel values (up to channel order); the views differ between
+    windows."""
     clips, _ = test_clips
     rng = np.random.default_rng(3)
     specs = T.sample_windows(rng, clips, 8, cfg)
     plain = T.make_batch(clips, specs, cfg, events=True)
-    views, renumbered = T.augment_clips(clips, specs, ("hflip", "rgb", "shift"), rng)
+    views, renumbered = T.augment_clips(clips, specs, rng)
     assert [s.clip for s in renumbered] == list(range(8))
     assert all(v.audio is clips[s.clip].audio for v, s in zip(views, specs))
     aug = T.make_batch(views, renumbered, cfg, events=True)
     assert torch.equal(plain.aud, aug.aud) and torch.equal(plain.target, aug.target)
-    assert torch.equal(plain.event_v, aug.event_v) and torch.equal(plain.event_a, aug.event_a)
-    a, b = plain.vid[:, 0, 0], aug.vid[:, 0, 0]  # (B, 3, H, W): first frame of each window
+    kept = [i for i, (v, s) in enumerate(zip(views, specs)) if v.meta is clips[s.clip].meta]  # not re-timed
+    assert 0 < len(kept) < 8
+    assert torch.equal(plain.event_v[kept], aug.event_v[kept]) and torch.equal(plain.event_a[kept], aug.event_a[kept])
+    a, b = plain.vid[kept, 0, 0], aug.vid[kept, 0, 0]  # (B, 3, H, W): first frame of each window
     assert torch.equal(a.flatten(1).sort(-1).values, b.flatten(1).sort(-1).values)
     assert not torch.equal(a, b)
-    assert T.augmentation_names("none") == () and T.augmentation_names(" hflip, rgb ") == ("hflip", "rgb")
-
-
-def test_jittered_windows_stay_in_their_class(cfg, test_clips):
-    clips, _ = test_clips
-    specs = T.sample_windows(np.random.default_rng(4), clips, 24, cfg, jitter_sec=0.08)
-    jitters = np.array([s.jitter_sec for s in specs])
-    assert np.all(np.abs(jitters) <= 0.08) and np.any(jitters != 0)
-    batch = T.make_batch(clips, specs, cfg)  # raises if a jittered window left its class
-    assert batch.target.tolist() == [s.target for s in specs]
 
 
 def test_learning_curve_plots_both_losses_and_accuracy():
@@ -331,15 +365,17 @@ def test_retimed_windows_move_their_events_with_the_frames(cfg, test_clips):
     clips, _ = test_clips
     rng = np.random.default_rng(5)
     specs = T.sample_windows(rng, clips, 12, cfg)
-    views, renumbered = T.augment_clips(clips, specs, ("retime",), rng)
+    views, renumbered = T.augment_clips(clips, specs, rng)
     moved = 0
     for view, spec in zip(views, specs):
         before = np.round(np.asarray(clips[spec.clip].meta["av_events"]) * 25).astype(int)
         after = np.round(np.asarray(view.meta["av_events"]) * 25).astype(int)
         assert set(np.unique(after - before)) <= {0, 1}  # an event is shown on time or one frame later
         src = clips[spec.clip].frames
+        values = lambda frame: np.sort(frame.reshape(-1))  # noqa: E731  (mirror and colour order keep these)
         for b, a in zip(before, after):  # the new event frame shows the flash itself, or its next frame if dropped
-            assert np.array_equal(view.frames[a], src[b]) or np.array_equal(view.frames[a], src[b + 1])
+            assert np.array_equal(values(view.frames[a]), values(src[b])) or \
+                np.array_equal(values(view.frames[a]), values(src[b + 1]))
         moved += int(np.any(after != before))
     assert moved > 0
     batch = T.make_batch(views, renumbered, cfg, events=True)
