@@ -40,22 +40,6 @@ from .download import DEFAULT_DEADLINE, DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT, 
 from .errors import CheckpointError
 from .paths import cache_dir, make_folder, replacing
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_DEADLINE",
-    "DEFAULT_STALL_TIMEOUT",
-    "DEFAULT_TIMEOUT",
-    "PACKAGED",
-    "RELEASED",
-    "ReleasedCheckpoint",
-    "checkpoint_url",
-    "expected_hash",
-    "fetch",
-    "read_checkpoint",
-    "resolve_checkpoint",
-    "save_checkpoint",
-]
-
 DEFAULT_BASE_URL = "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/sync/sync_models"
 ENV_REGISTRY = "SYNCHLIB_REGISTRY"
 ASSETS_DIR = Path(__file__).parent / "assets"
