@@ -34,12 +34,15 @@ import math
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .config import DataConfig
 from .errors import SynchlibError
+
+if TYPE_CHECKING:
+    import av
 
 # --------------------------------------------------------------------------------------------------------------
 # Constants
@@ -776,7 +779,7 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def _encode(path: str | Path, n_frames: int, picture: Callable[[int], "av.VideoFrame"],
+def _encode(path: str | Path, n_frames: int, picture: Callable[[int], av.VideoFrame],
             sound: Callable[[int, int], np.ndarray], n_samples: int, size: tuple[int, int], fps: int, sample_rate: int,
             video_options: dict[str, str]) -> None:
     """Write an H.264 + AAC ``.mp4`` of ``n_frames`` pictures (``picture(i)``: frame ``i`` as a yuv420p

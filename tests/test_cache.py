@@ -15,7 +15,7 @@ import pytest
 
 from synchlib import normalised as nsd
 from synchlib import paths
-from synchlib.errors import SynchlibError, VideoDecodeError
+from synchlib.errors import SynchlibError
 from synchlib.normalised import normalise, read_video, report_path
 from synchlib.paths import source_digest
 
