@@ -25,11 +25,18 @@ import torch
 from torch import Tensor
 
 from synchlib.config import DataConfig, load_config
+from synchlib.errors import CheckpointError
 from synchlib.model import build_model
 from synchlib.preprocess import MEL_EPS, load_clip, log_mel, mel_filterbank, rgb_lut
 
 from .conftest import (
-    RELEASED_ID, SYNCABILITY_ID, assert_close_rel, assert_frames_are_golden, case_window, golden, parity_file,
+    RELEASED_ID,
+    SYNCABILITY_ID,
+    assert_close_rel,
+    assert_frames_are_golden,
+    case_window,
+    golden,
+    parity_file,
 )  # fmt: skip
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23; the unit roundoff u is EPS32 / 2
@@ -215,7 +222,7 @@ def test_shorter_checkpoint_table_is_refused(detweights_state_dict):
     model = build_model(RELEASED_ID, device="meta")
     sd = dict(detweights_state_dict)
     sd["transformer.pos_emb_cfg.pos_emb"] = sd["transformer.pos_emb_cfg.pos_emb"][:, :30]
-    with pytest.raises(ValueError, match="needs 198"):
+    with pytest.raises(CheckpointError, match="needs 198"):
         model.load_state_dict(sd, assign=True)
 
 
