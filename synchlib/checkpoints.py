@@ -35,8 +35,15 @@ from urllib.parse import quote, urlsplit
 
 import torch
 
-from . import download
-from .download import DEFAULT_DEADLINE, DEFAULT_STALL_TIMEOUT, DEFAULT_TIMEOUT, ENV_MIRROR
+from .download import (
+    DEFAULT_DEADLINE,
+    DEFAULT_STALL_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    ENV_MIRROR,
+    Limits,
+    fetch_file,
+    parse_hash,
+)
 from .errors import CheckpointError
 from .paths import cache_dir, make_folder, replacing
 
@@ -153,7 +160,7 @@ def _registry_overrides() -> dict[str, str]:
         if ckpt_id not in RELEASED:
             raise CheckpointError(f"{ENV_REGISTRY}={env} lists {ckpt_id!r}, not a released id ({', '.join(RELEASED)})")
         try:
-            download.parse_hash(spec)
+            parse_hash(spec)
         except CheckpointError as e:
             raise CheckpointError(f"{ENV_REGISTRY}={env}, row {ckpt_id}: {e}") from None
         out[ckpt_id] = spec
@@ -255,9 +262,9 @@ def fetch(
             followed.
 
     A line on stderr says when the server has sent nothing for a few seconds. How cached files are trusted, how
-    full digests are recorded and how concurrent fetches download once: :func:`synchlib.download.fetch_file`.
+    full digests are recorded and how concurrent fetches download once: :func:`synchlib.fetch_file`.
     """
-    limits = download.Limits.start(timeout, stall_timeout, deadline, allow_redirects)
+    limits = Limits.start(timeout, stall_timeout, deadline, allow_redirects)
     entry = RELEASED.get(ckpt_id)
     if entry is None and known_hash is None:
         raise CheckpointError(
@@ -267,7 +274,7 @@ def fetch(
     filename = filename or f"{_check_component(ckpt_id, 'id')}.pt"
     expected = known_hash or (expected_hash(ckpt_id) if entry and filename == entry.filename else None)
     if expected is not None:
-        download.parse_hash(expected)  # fail early on a malformed hash
+        parse_hash(expected)  # fail early on a malformed hash
     url = checkpoint_url(ckpt_id, filename)
     if urlsplit(url).scheme not in ("http", "https"):
         raise CheckpointError(
@@ -276,7 +283,7 @@ def fetch(
         )
     root = cache_dir()
     dest = make_folder(root / ckpt_id, "the checkpoint folder") / filename
-    download.fetch_file(url, dest, expected, root=root, key=_known_key(ckpt_id, filename), fix=_how_to_fix(ckpt_id),
+    fetch_file(url, dest, expected, root=root, key=_known_key(ckpt_id, filename), fix=_how_to_fix(ckpt_id),
                         limits=limits, progress=progress, retries=retries, backoff=backoff)  # fmt: skip
     if with_config and entry is not None:
         try:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from . import checks
+from .checks import real
 from .errors import CheckpointError
 from .paths import HASH_CHUNK, make_folder, replacing
 
@@ -213,7 +213,7 @@ class Limits:
         """Checked limits, starting now. ``allow_redirects=None``: as ``$SYNCHLIB_ALLOW_REDIRECTS`` says."""
         why = "a time limit of fetch, in seconds"
         seconds = {
-            name: checks.real(name, value, above=0.0, why=why)
+            name: real(name, value, above=0.0, why=why)
             for name, value in (("timeout", timeout), ("stall_timeout", stall_timeout), ("deadline", deadline))
         }
         if allow_redirects is None:

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import nbparams
 from .errors import InvalidArgumentError, SynchlibError
+from .nbparams import parse_value
 
 SAMPLE_DIR = Path(__file__).parent / "assets" / "samples"
 SAMPLES = {
@@ -88,7 +88,7 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
 
     Returns one dict per non-blank row: ``name`` (the item's folder name, see :func:`safe_name`; from the ``name``
     column or the video's name), ``video`` (absolute path), ``cells`` (the row's other non-empty cells, as text),
-    ``params`` (the same, values parsed by :func:`synchlib.nbparams.parse_value`), ``line`` (its line in the file) and ``error`` (why the row cannot be used: bad encoding, no path,
+    ``params`` (the same, values parsed by :func:`synchlib.parse_value`), ``line`` (its line in the file) and ``error`` (why the row cannot be used: bad encoding, no path,
     more cells than the header, ...; ``""`` for a good row). A manifest that is not a readable CSV with a path
     column, larger than ``MAX_MANIFEST_BYTES`` or with more than ``MAX_MANIFEST_ROWS`` rows raises
     :class:`SynchlibError`.
@@ -169,6 +169,6 @@ def _manifest_item(row: dict[str, str], key: str, line: int, manifest: Path, tak
             error = f"line {line} of {manifest.name}: unusable path {cell[:80]!r} ({e})"
     label = row.get(NAME_COLUMN, "").strip() or (Path(cell).stem if cell else "") or f"line_{line}"
     cells = {k: v.strip() for k, v in row.items() if k not in (key, NAME_COLUMN) and v and v.strip()}
-    params = {k: nbparams.parse_value(v) for k, v in cells.items()}
+    params = {k: parse_value(v) for k, v in cells.items()}
     name = unique_name(safe_name(label), taken)
     return {"name": name, "video": video, "params": params, "cells": cells, "line": line, "error": error}
